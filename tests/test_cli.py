@@ -1,0 +1,65 @@
+"""The command line as users meet it: help, tables, one-line errors and exit codes."""
+
+import pytest
+
+from pe_export import __version__
+from pe_export.cli import main
+from tests.conftest import fixture_checkpoint
+
+
+def run(capsys, *args):
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return exit_info.value.code or 0, out, err
+
+
+def test_help_and_version(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "variants" in out and "info" in out
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and __version__ in out
+
+
+def test_variants_table(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = run(capsys, "variants")
+    assert code == 0
+    assert "PE-Lang-L14-448" in out and "291,415,040" in out and "346.7" in out
+    assert out.count("PE-") == 12
+
+
+def test_info_with_checkpoint(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = run(capsys, "info", "--variant", "pe-core-t16-384", "--checkpoint", str(fixture_checkpoint("PE-Core-T16-384")))
+    assert code == 0
+    assert "6,140,544" in out and "all 163 tensors match" in out and "4ffffb845efe932d" in out
+
+
+def test_info_random_init(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = run(capsys, "info", "-v", "PE-Spatial-T16-512", "--random-init", "--seed", "7")
+    assert code == 0 and "random-init (seed 7)" in out and "5,683,200" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["info", "-v", "L41", "--random-init"], "unknown variant 'L41'; did you mean: L14"),
+        (["info", "-v", "PE-Spatial-T16-512", "-c", str(fixture_checkpoint("PE-Core-T16-384"))], "is a PE-Core-T16-384 checkpoint"),
+        (["info", "-v", "L14", "-c", "/no/such/file.pt"], "checkpoint not found"),
+        (["info", "-v", "L14", "-c", "x.pt", "--random-init"], "either --checkpoint or --random-init"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, args, message):
+    code, _, err = run(capsys, *args)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_debug_shows_the_traceback(capsys):
+    from pe_export.errors import UsageError
+
+    with pytest.raises(UsageError):
+        main(["--debug", "info", "-v", "L41", "--random-init"])
