@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -94,6 +95,99 @@ def info(
     for key, value in result.rows():
         table.add_row(key, value)
     console.print(table)
+
+
+class Lowering(str, Enum):
+    fused = "fused"
+    decomposed = "decomposed"
+
+
+class Output(str, Enum):
+    tokens = "tokens"
+    pooled = "pooled"
+
+
+def _batch(value: str) -> Optional[int]:
+    if value == "dynamic":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise typer.BadParameter("use 'dynamic' or a positive batch size")
+    return int(value)
+
+
+@app.command("onnx")
+def onnx_export(
+    variant: VariantOpt,
+    checkpoint: CheckpointOpt = None,
+    random_init: RandomInitOpt = False,
+    seed: SeedOpt = 0,
+    output: Annotated[
+        Optional[Path], typer.Option("--output-path", "-o", help="The .onnx file to write. Default: artifacts/<variant>/<variant>.<target>[.tags].onnx")
+    ] = None,
+    target: Annotated[
+        str, typer.Option(help="Runtime preset: trt11, trt10.15 (opset 23, fused RoPE and attention), trt10, jetson (opset 17, decomposed), ort.")
+    ] = "trt11",
+    opset: Annotated[Optional[int], typer.Option(help="ONNX opset; default from the target.")] = None,
+    rope: Annotated[Optional[Lowering], typer.Option(help="RoPE as one RotaryEmbedding node (fused, opset 23) or plain ops (decomposed).")] = None,
+    attention: Annotated[Optional[Lowering], typer.Option(help="Attention as one Attention node (fused, opset 23) or MatMul-Softmax-MatMul (decomposed).")] = None,
+    batch: Annotated[str, typer.Option(help="'dynamic' (default) or a fixed batch size.")] = "dynamic",
+    output_kind: Annotated[
+        Optional[Output], typer.Option("--output", help="tokens (default for Lang/Spatial) or pooled (Core: attention-pooled and projected).")
+    ] = None,
+    layer: Annotated[int, typer.Option(help="Take the tokens after this block (negative counts from the end).")] = -1,
+    strip_cls: Annotated[bool, typer.Option("--strip-cls", help="Drop the class token from the tokens (what PLM feeds its LLM).")] = False,
+    simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify with onnxslim when it makes the graph smaller.")] = True,
+) -> None:
+    """Export a variant to ONNX at its native size, proven against torch before it is written.
+
+    Examples:
+      pe-export onnx --variant L14 --random-init
+      pe-export onnx --variant L14 --checkpoint PE-Lang-L14-448.pt --target jetson --batch 1
+      pe-export onnx --variant PE-Core-L14-336 --target ort -o core.onnx
+    """
+    from pe_export.onnx.export import ExportOptions, export_variant
+
+    _require_one_source(checkpoint, random_init)
+    options = ExportOptions(
+        target=target, opset=opset, rope=rope.value if rope else None, attention=attention.value if attention else None,
+        batch=_batch(batch), output=output_kind.value if output_kind else None, layer=layer, strip_cls=strip_cls,
+        simplify=simplify,
+    )
+    with console.status("checking options") as status:
+        result = export_variant(
+            variant, checkpoint, random_init=random_init, seed=seed, options=options, output=output,
+            progress=status.update,
+        )
+    m = result.manifest
+    parity = m["parity"]
+    console.print(f"[green]wrote[/] {result.path} ({m['nodes']} nodes, opset {m['opset']['ai.onnx']}, "
+                  f"{m['export_seconds']:.1f} s, peak RSS {m['peak_rss_mb'] / 1024:.2f} GiB)")
+    console.print(f"parity vs torch (onnxruntime CPU, batches {parity['batches']}): cosine min {parity['cosine_min']:.7f}, "
+                  f"max abs {parity['max_abs']:.2e}")
+    console.print(f"manifest: {result.manifest_path}")
+
+
+@app.command()
+def check(
+    model: Annotated[Path, typer.Argument(help="The .onnx file to lint.")],
+    target: Annotated[str, typer.Option(help="trt11, trt10.15, trt10, jetson or ort.")] = "trt11",
+) -> None:
+    """Lint an ONNX file for a target runtime; exit 1 if anything in it cannot run there.
+
+    Flags: RotaryEmbedding before TensorRT 10.15, Attention before 10.14 or with more than one
+    output, an opset above the target's, com.microsoft and other non-standard ops, If/Loop,
+    complex types, and missing external data.
+    """
+    from pe_export.onnx.check import check_onnx
+
+    report = check_onnx(model, target)
+    if report.ok:
+        console.print(f"[green]ok[/] {report.summary()}")
+        return
+    for finding in report.findings:
+        console.print(f"[red]x[/] {finding}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]{len(report.findings)} problem(s)[/] for {report.target.runtime} in {model}")
+    raise typer.Exit(1)
 
 
 def _require_one_source(checkpoint: Optional[str], random_init: bool) -> None:

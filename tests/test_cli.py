@@ -63,3 +63,43 @@ def test_debug_shows_the_traceback(capsys):
 
     with pytest.raises(UsageError):
         main(["--debug", "info", "-v", "L41", "--random-init"])
+
+
+def test_onnx_and_check_commands(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("COLUMNS", "200")
+    path = tmp_path / "sp.onnx"
+    code, out, _ = run(capsys, "onnx", "-v", "PE-Spatial-T16-512", "-c", str(fixture_checkpoint("PE-Spatial-T16-512")),
+                       "--target", "jetson", "--batch", "2", "--no-simplify", "-o", str(path))
+    assert code == 0 and f"wrote {path}" in out and "cosine min" in out
+    code, out, _ = run(capsys, "check", str(path), "--target", "jetson")
+    assert code == 0 and out.startswith("ok sp.onnx: opset 17")
+    code, out, _ = run(capsys, "check", str(path), "--target", "ort")
+    assert code == 0
+
+
+def test_check_lists_problems_and_exits_1(capsys, monkeypatch, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    monkeypatch.setenv("COLUMNS", "200")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 8])
+    node = helper.make_node("RotaryEmbedding", ["x", "c", "s", "p"], ["y"], name="rope0")
+    graph = helper.make_graph([node], "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 8])])
+    path = tmp_path / "r.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)]), str(path))
+    code, out, _ = run(capsys, "check", str(path), "--target", "jetson")
+    assert code == 1
+    assert "rope0: RotaryEmbedding needs TensorRT 10.15+" in out and "2 problem(s)" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["onnx", "-v", "PE-Spatial-T16-512", "--random-init", "--opset", "17"], "needs opset 23 or higher"),
+        (["onnx", "-v", "PE-Spatial-T16-512", "--random-init", "--target", "trt9"], "unknown target 'trt9'"),
+        (["onnx", "-v", "PE-Spatial-T16-512", "--random-init", "--output", "pooled"], "no attention pooler"),
+    ],
+)
+def test_onnx_bad_input(capsys, args, message):
+    code, _, err = run(capsys, *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1

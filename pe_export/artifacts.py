@@ -1,0 +1,64 @@
+"""Writing artifacts safely: a staging folder beside the destination, then atomic renames.
+
+A failed or interrupted stage leaves the previous good artifact (or nothing) at the final path,
+never a truncated file.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pe_export.errors import PeExportError, UsageError
+
+
+def prepare_destination(path: Path) -> None:
+    """Create the destination folder and make sure it can be written, before any long work starts."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the output folder {path.parent}: {exc.strerror}") from exc
+    if path.is_dir():
+        raise UsageError(f"output path {path} is a folder; give a file name")
+    try:  # a real write, since permission bits say nothing to root or on read-only mounts
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write to {path.parent}: {exc.strerror}; choose another path with -o") from exc
+
+
+@contextmanager
+def staging(path: Path) -> Iterator[Path]:
+    """A scratch folder on the destination's file system, removed whatever happens."""
+    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        yield folder
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            free = shutil.disk_usage(path.parent).free / 2**30
+            raise PeExportError(f"disk full while writing {path} ({free:.1f} GiB free); free space or use -o elsewhere") from exc
+        raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def publish(staged: list[Path], destination: Path) -> None:
+    """Move staged files into the destination folder; the main file (the first) goes last."""
+    main, *companions = staged
+    for item in companions:
+        os.replace(item, destination.parent / item.name)
+    os.replace(main, destination)
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def manifest_path(artifact: Path) -> Path:
+    return artifact.with_name(artifact.name + ".json")

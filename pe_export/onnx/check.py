@@ -1,0 +1,123 @@
+"""`pe-export check`: a static lint of an ONNX file against what a target runtime can run."""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from pe_export.errors import UsageError
+from pe_export.onnx.targets import Target, get_target
+
+CONTROL_FLOW = {"If", "Loop", "Scan"}
+COMPLEX_TYPES = {onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128}
+
+
+@dataclass(frozen=True)
+class Finding:
+    where: str  # node name, tensor name or "model"
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.problem}"
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    path: Path
+    target: Target
+    opset: int
+    nodes: int
+    op_histogram: dict[str, int]
+    findings: list[Finding]
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def summary(self) -> str:
+        top = ", ".join(f"{op} {n}" for op, n in list(self.op_histogram.items())[:6])
+        return f"{self.path.name}: opset {self.opset}, {self.nodes} nodes ({top}); runs on {self.target.runtime}"
+
+
+def check_onnx(path: Path, target: str | Target) -> CheckReport:
+    """List every node, attribute or tensor in the file that the target cannot run."""
+    target = get_target(target) if isinstance(target, str) else target
+    model = _load(path)
+    opset = next((imp.version for imp in model.opset_import if imp.domain in ("", "ai.onnx")), 0)
+    findings = []
+    if opset > target.max_opset:
+        findings.append(Finding("model", f"opset {opset} is above {target.runtime}'s highest ({target.max_opset})"))
+    for node in _all_nodes(model.graph):
+        findings.extend(_node_findings(node, target))
+    findings.extend(_complex_tensors(model.graph))
+    findings.extend(_missing_external_data(model, path))
+    histogram = collections.Counter(node.op_type for node in model.graph.node)
+    return CheckReport(path, target, opset, len(model.graph.node), dict(histogram.most_common()), findings)
+
+
+def _load(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise UsageError(f"ONNX file not found: {path}")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several types on garbage
+        raise UsageError(f"cannot read {path} as ONNX: {exc}") from exc
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in [attr.g, *attr.graphs] if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) else []:
+                yield from _all_nodes(sub)
+
+
+def _node_findings(node: onnx.NodeProto, target: Target) -> list[Finding]:
+    where = node.name or node.op_type
+    if node.domain not in ("", "ai.onnx"):
+        return [Finding(where, f"{node.domain}::{node.op_type} is outside the standard ONNX domain")]
+    if node.op_type in CONTROL_FLOW:
+        return [Finding(where, f"{node.op_type} (control flow) has no place in a fixed-size encoder graph")]
+    if node.op_type == "RotaryEmbedding" and not target.runs_rotary:
+        return [Finding(where, f"RotaryEmbedding needs TensorRT 10.15+; {target.runtime} cannot run it "
+                               "(export with --rope decomposed)")]
+    if node.op_type == "Attention":
+        if not target.runs_attention:
+            return [Finding(where, f"Attention needs TensorRT 10.14+; {target.runtime} cannot run it "
+                                   "(export with --attention decomposed)")]
+        if target.single_output_attention and len([o for o in node.output if o]) > 1:
+            return [Finding(where, f"Attention with {len(node.output)} outputs; {target.runtime} fuses only "
+                                   "the single-output form")]
+    return []
+
+
+def _complex_tensors(graph: onnx.GraphProto) -> list[Finding]:
+    typed = [*graph.input, *graph.output, *graph.value_info]
+    found = [Finding(v.name, "complex-typed tensor") for v in typed if v.type.tensor_type.elem_type in COMPLEX_TYPES]
+    found += [Finding(t.name, "complex-typed initializer") for t in graph.initializer if t.data_type in COMPLEX_TYPES]
+    return found
+
+
+def _missing_external_data(model: onnx.ModelProto, path: Path) -> list[Finding]:
+    findings = []
+    for tensor in model.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        file = path.parent / info.get("location", "")
+        needed = int(info.get("offset", 0)) + int(info.get("length", 0))
+        if not file.is_file():
+            findings.append(Finding(tensor.name, f"external data file {file.name} is missing"))
+        elif file.stat().st_size < needed:
+            findings.append(Finding(tensor.name, f"external data file {file.name} is shorter than its tensors need"))
+    return _collapse(findings)
+
+
+def _collapse(findings: list[Finding], first: int = 3) -> list[Finding]:
+    """Many tensors of one missing file say the same thing: keep a few and count the rest."""
+    if len(findings) <= first:
+        return findings
+    return [*findings[:first], Finding("model", f"and {len(findings) - first} more tensors without their data")]

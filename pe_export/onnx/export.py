@@ -1,0 +1,332 @@
+"""PE to ONNX at the variant's native size, lowered for a target runtime and proven before it is kept."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import logging
+import resource
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal, Optional
+
+import numpy as np
+import onnx
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from pe_export import artifacts
+from pe_export.bench.metrics import ParityFigures, compare
+from pe_export.errors import PeExportError, UsageError
+from pe_export.model import LoadedModel, PEVisionTower, load_model
+from pe_export.onnx import passes
+from pe_export.onnx.lowering import FUSED_MIN_OPSET, Lowering, translation_table
+from pe_export.onnx.targets import DEFAULT_TARGET, Target, get_target
+from pe_export.runners.onnxruntime import OrtRunner
+from pe_export.variants import Variant, get_variant
+from pe_export.versions import versions
+
+INPUT_NAME = "pixel_values"
+MIN_OPSET = 17
+EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB cap, with room for the graph itself
+PARITY_SEED = 0
+OutputKind = Literal["tokens", "pooled"]
+
+
+class ExportOptions(BaseModel):
+    """What the user asks for; `None` means the target's (or the variant's) default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    target: str = DEFAULT_TARGET
+    opset: Optional[int] = None
+    rope: Optional[Lowering] = None
+    attention: Optional[Lowering] = None
+    batch: Optional[int] = Field(None, ge=1, description="static batch size; None exports a dynamic batch")
+    output: Optional[OutputKind] = None
+    layer: int = -1
+    strip_cls: bool = False
+    simplify: bool = True
+    min_cosine: float = 0.99999
+    max_abs: float = 1e-4
+
+
+@dataclass(frozen=True)
+class ResolvedExport:
+    """Every choice made concrete for one variant; what the manifest records."""
+
+    target: Target
+    opset: int
+    rope: Lowering
+    attention: Lowering
+    batch: int | None
+    output: OutputKind
+    layer: int
+    strip_cls: bool
+    simplify: bool
+    min_cosine: float
+    max_abs: float
+
+    @property
+    def output_name(self) -> str:
+        return self.output
+
+    def as_dict(self) -> dict:
+        return {
+            "target": self.target.name, "opset": self.opset, "rope": self.rope, "attention": self.attention,
+            "batch": self.batch if self.batch else "dynamic", "output": self.output, "layer": self.layer,
+            "strip_cls": self.strip_cls, "simplify": self.simplify,
+            "parity_threshold": {"min_cosine": self.min_cosine, "max_abs": self.max_abs},
+        }
+
+    def file_stem(self, variant_name: str) -> str:
+        """`<variant>.<target>` plus a tag for each choice that departs from the target's defaults."""
+        t = self.target
+        tags = [
+            f"op{self.opset}" if self.opset != t.opset else "",
+            f"rope-{self.rope}" if self.rope != t.rope else "",
+            f"attn-{self.attention}" if self.attention != t.attention else "",
+            self.output if self.output != "tokens" else "",
+            f"layer{self.layer}" if self.layer != -1 else "",
+            "nocls" if self.strip_cls else "",
+            f"b{self.batch}" if self.batch else "",
+        ]
+        return ".".join([variant_name, t.name, *filter(None, tags)])
+
+
+def resolve(options: ExportOptions, variant: Variant) -> ResolvedExport:
+    target = get_target(options.target)
+    rope = options.rope or target.rope
+    attention = options.attention or target.attention
+    opset = options.opset or target.opset
+    fused = [f"--{name} fused" for name, mode in (("rope", rope), ("attention", attention)) if mode == "fused"]
+    if opset < MIN_OPSET:
+        raise UsageError(f"opset {opset} is below the lowest supported ({MIN_OPSET})")
+    if fused and opset < FUSED_MIN_OPSET:
+        raise UsageError(
+            f"{' and '.join(fused)} needs opset {FUSED_MIN_OPSET} or higher, not {opset}; "
+            "use --rope decomposed --attention decomposed, or --opset 23"
+        )
+    output = options.output or variant.default_output
+    if output == "pooled" and not variant.attn_pool:
+        raise UsageError(f"{variant.name} has no attention pooler; use --output tokens")
+    if output == "pooled" and (options.layer != -1 or options.strip_cls):
+        raise UsageError("--layer and --strip-cls apply to --output tokens only")
+    if not -variant.layers <= options.layer < variant.layers:
+        raise UsageError(f"--layer {options.layer} is out of range for {variant.layers} blocks")
+    if options.strip_cls and not variant.cls_token:
+        raise UsageError(f"{variant.name} has no class token to strip")
+    return ResolvedExport(
+        target, opset, rope, attention, options.batch, output, options.layer, options.strip_cls,
+        options.simplify, options.min_cosine, options.max_abs,
+    )
+
+
+class ExportHead(torch.nn.Module):
+    """The chosen output of a PE tower as a one-input, one-output module."""
+
+    def __init__(self, model: PEVisionTower, spec: ResolvedExport):
+        super().__init__()
+        self.model = model
+        self.pooled = spec.output == "pooled"
+        self.layer = spec.layer
+        # ln_post belongs to the last block's output only
+        self.norm = spec.layer % model.variant.layers == model.variant.layers - 1
+        self.strip_cls = spec.strip_cls
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.pooled:
+            return self.model.forward_pooled(pixel_values)
+        return self.model.forward_features(
+            pixel_values, norm=self.norm, layer_idx=self.layer, strip_cls_token=self.strip_cls
+        )
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    manifest_path: Path
+    manifest: dict
+
+    @property
+    def parity(self) -> dict:
+        return self.manifest["parity"]
+
+
+def default_output_path(variant: Variant, spec: ResolvedExport, root: Path = Path("artifacts")) -> Path:
+    return root / variant.name / f"{spec.file_stem(variant.name)}.onnx"
+
+
+def parity_input(loaded: LoadedModel, batch: int) -> torch.Tensor:
+    """A fixed, seeded batch in the model's input range [-1, 1]."""
+    size = loaded.variant.image_size
+    gen = torch.Generator().manual_seed(PARITY_SEED)
+    return torch.rand(batch, 3, size, size, generator=gen) * 2 - 1
+
+
+def export_variant(
+    variant: str | Variant,
+    checkpoint: str | Path | None = None,
+    *,
+    random_init: bool = False,
+    seed: int = 0,
+    options: ExportOptions = ExportOptions(),
+    output: Path | None = None,
+    progress: Callable[[str], None] = lambda step: None,
+) -> ExportResult:
+    """Load a variant's weights and export it; options and the output path are checked before loading."""
+    variant = get_variant(variant)
+    spec = resolve(options, variant)
+    path = Path(output) if output else default_output_path(variant, spec)
+    artifacts.prepare_destination(path)
+    progress("loading weights")
+    loaded = load_model(variant, checkpoint, random_init=random_init, seed=seed)
+    return export_onnx(loaded, options, path, progress)
+
+
+def export_onnx(
+    loaded: LoadedModel,
+    options: ExportOptions = ExportOptions(),
+    output: Path | None = None,
+    progress: Callable[[str], None] = lambda step: None,
+) -> ExportResult:
+    """Export, check, prove and write `output` (default under artifacts/<variant>/) with its manifest.
+
+    The file only appears at `output` once the full ONNX check and the onnxruntime parity run
+    against the torch model have passed; otherwise the previous file (or nothing) stays.
+    """
+    spec = resolve(options, loaded.variant)
+    path = Path(output) if output else default_output_path(loaded.variant, spec)
+    artifacts.prepare_destination(path)
+    start = time.perf_counter()
+    head = ExportHead(loaded.model.float(), spec).eval()
+    with artifacts.staging(path) as scratch:
+        staged = scratch / path.name
+        progress(f"tracing {loaded.variant.name} and writing ONNX (opset {spec.opset})")
+        external = _save_onnx(head, loaded, spec, staged)
+        progress("checking the graph (onnx.checker, full)")
+        onnx.checker.check_model(str(staged), full_check=True)
+        if spec.simplify:
+            progress("simplifying with onnxslim")
+        simplified = _simplify(staged) if spec.simplify else None
+        progress("proving parity: onnxruntime CPU against torch")
+        figures = _prove(head, loaded, spec, staged)
+        graph = onnx.load(str(staged), load_external_data=False)
+        manifest = _manifest(loaded, spec, graph, figures, simplified, external, time.perf_counter() - start)
+        manifest_file = scratch / artifacts.manifest_path(path).name
+        artifacts.write_json(manifest_file, manifest)
+        # companions (external data, manifest) move first, so a model file never lacks them
+        artifacts.publish([staged, *([scratch / f"{path.name}.data"] if external else []), manifest_file], path)
+    return ExportResult(path, artifacts.manifest_path(path), manifest)
+
+
+def _save_onnx(head: ExportHead, loaded: LoadedModel, spec: ResolvedExport, staged: Path) -> bool:
+    example = parity_input(loaded, spec.batch or 2)  # batch 2 keeps the dynamic dim from specializing to 1
+    dynamic = None if spec.batch else {"pixel_values": {0: torch.export.Dim("batch", min=1, max=4096)}}
+    with torch.no_grad(), _quiet():
+        program = torch.onnx.export(
+            head, (example,), dynamo=True, opset_version=spec.opset, dynamic_shapes=dynamic,
+            input_names=[INPUT_NAME], output_names=[spec.output_name], optimize=True, verbose=False,
+            custom_translation_table=translation_table(spec.rope, spec.attention),
+        )
+    passes.apply_all(program.model)
+    weight_bytes = sum(p.numel() * p.element_size() for p in head.parameters())
+    external = weight_bytes > EXTERNAL_DATA_BYTES
+    program.save(staged, external_data=external)
+    return external
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter narrates its steps on stdout and warns about unrelated libraries; the CLI has its own progress."""
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logger = logging.getLogger("torch.onnx")
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
+
+
+def _simplify(staged: Path) -> dict:
+    """onnxslim, kept only when it leaves fewer nodes; parity is proven afterwards either way."""
+    import onnxslim
+
+    before = onnx.load(str(staged), load_external_data=False)
+    nodes_before = len(before.graph.node)
+    slim = onnxslim.slim(str(staged))
+    nodes_after = len(slim.graph.node)
+    if nodes_after < nodes_before:
+        _save_like(slim, staged, external=_uses_external_data(before))
+    return {"tool": "onnxslim", "nodes_before": nodes_before, "nodes_after": min(nodes_before, nodes_after)}
+
+
+def _uses_external_data(model: onnx.ModelProto) -> bool:
+    return any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
+
+
+def _save_like(model: onnx.ModelProto, staged: Path, external: bool) -> None:
+    data = staged.with_name(staged.name + ".data")
+    if data.exists():
+        data.unlink()
+    onnx.save(model, str(staged), save_as_external_data=external, location=data.name if external else None,
+              all_tensors_to_one_file=True)
+
+
+def _prove(head: ExportHead, loaded: LoadedModel, spec: ResolvedExport, staged: Path) -> dict:
+    """onnxruntime CPU against torch on fixed batches; a miss stops the export with the figures."""
+    batches = [spec.batch] if spec.batch else [1, 2]
+    runner = OrtRunner(staged)
+    results = {}
+    for batch in batches:
+        x = parity_input(loaded, batch)
+        with torch.no_grad():
+            reference = head(x).numpy()
+        candidate = runner.run(x.numpy())
+        figures = compare(reference, candidate)
+        results[f"batch{batch}"] = figures
+        if figures.cosine_min < spec.min_cosine or figures.max_abs > spec.max_abs:
+            raise PeExportError(
+                f"ONNX output differs from torch at batch {batch}: {figures.summary()} "
+                f"(needs cosine >= {spec.min_cosine}, max abs <= {spec.max_abs}); nothing was written"
+            )
+    worst = min(results.values(), key=lambda f: f.cosine_min)
+    return {"backend": "onnxruntime CPU", "seed": PARITY_SEED, "batches": batches, **worst.as_dict(),
+            "per_batch": {k: v.as_dict() for k, v in results.items()}}
+
+
+def _manifest(loaded, spec, graph, figures, simplified, external, seconds) -> dict:
+    histogram = collections.Counter(
+        f"{node.domain}::{node.op_type}" if node.domain else node.op_type for node in graph.graph.node
+    )
+    return {
+        "kind": "onnx",
+        "variant": loaded.variant.name,
+        "precision": "fp32",
+        "weights": loaded.source.as_dict(),
+        "options": spec.as_dict(),
+        "opset": {imp.domain or "ai.onnx": imp.version for imp in graph.opset_import},
+        "nodes": len(graph.graph.node),
+        "op_histogram": dict(histogram.most_common()),
+        "inputs": _io(graph.graph.input),
+        "outputs": _io(graph.graph.output),
+        "external_data": external,
+        "simplify": simplified,
+        "parity": figures,
+        "export_seconds": round(seconds, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "versions": versions(),
+    }
+
+
+def _io(values) -> list[dict]:
+    return [
+        {"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+         "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]}
+        for v in values
+    ]
