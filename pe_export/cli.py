@@ -136,7 +136,9 @@ def onnx_export(
     ] = None,
     layer: Annotated[int, typer.Option(help="Take the tokens after this block (negative counts from the end).")] = -1,
     strip_cls: Annotated[bool, typer.Option("--strip-cls", help="Drop the class token from the tokens (what PLM feeds its LLM).")] = False,
-    simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify with onnxslim when it makes the graph smaller.")] = True,
+    simplify: Annotated[
+        bool, typer.Option("--simplify/--no-simplify", help="Run onnxslim and keep its graph when it is smaller (slow on big models; the exporter's own optimizer already folds constants).")
+    ] = False,
 ) -> None:
     """Export a variant to ONNX at its native size, proven against torch before it is written.
 

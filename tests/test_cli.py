@@ -69,7 +69,7 @@ def test_onnx_and_check_commands(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("COLUMNS", "200")
     path = tmp_path / "sp.onnx"
     code, out, _ = run(capsys, "onnx", "-v", "PE-Spatial-T16-512", "-c", str(fixture_checkpoint("PE-Spatial-T16-512")),
-                       "--target", "jetson", "--batch", "2", "--no-simplify", "-o", str(path))
+                       "--target", "jetson", "--batch", "2", "-o", str(path))
     assert code == 0 and f"wrote {path}" in out and "cosine min" in out
     code, out, _ = run(capsys, "check", str(path), "--target", "jetson")
     assert code == 0 and out.startswith("ok sp.onnx: opset 17")

@@ -36,13 +36,13 @@ def exports(loaded, tmp_path_factory):
     """One export per (variant, case), shared by the tests below."""
     folder = tmp_path_factory.mktemp("onnx")
     cases = {
-        (SPATIAL, "trt11"): ExportOptions(target="trt11"),
-        (SPATIAL, "jetson"): ExportOptions(target="jetson", simplify=False),
-        (SPATIAL, "mixed"): ExportOptions(target="trt11", attention="decomposed", simplify=False),
-        (CORE, "trt11"): ExportOptions(target="trt11", simplify=False),
-        (CORE, "trt10"): ExportOptions(target="trt10", simplify=False),
-        (CORE, "ort-tokens-layer-2"): ExportOptions(target="ort", output="tokens", layer=-2, simplify=False),
-        (CORE, "strip-b1"): ExportOptions(target="trt10.15", output="tokens", strip_cls=True, batch=1, simplify=False),
+        (SPATIAL, "trt11"): ExportOptions(target="trt11", simplify=True),
+        (SPATIAL, "jetson"): ExportOptions(target="jetson"),
+        (SPATIAL, "mixed"): ExportOptions(target="trt11", attention="decomposed"),
+        (CORE, "trt11"): ExportOptions(target="trt11", simplify=True),
+        (CORE, "trt10"): ExportOptions(target="trt10"),
+        (CORE, "ort-tokens-layer-2"): ExportOptions(target="ort", output="tokens", layer=-2),
+        (CORE, "strip-b1"): ExportOptions(target="trt10.15", output="tokens", strip_cls=True, batch=1),
     }
     return {
         key: export_onnx(loaded[key[0]], options, folder / f"{key[0]}-{key[1]}.onnx")
@@ -157,7 +157,7 @@ def test_manifest_records_the_export(exports, loaded):
 
 def test_default_path_names_variant_target_and_departures(loaded, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = export_variant(SPATIAL, random_init=True, options=ExportOptions(target="jetson", batch=1, simplify=False))
+    result = export_variant(SPATIAL, random_init=True, options=ExportOptions(target="jetson", batch=1))
     assert result.path == Path("artifacts/PE-Spatial-T16-512/PE-Spatial-T16-512.jetson.b1.onnx")
     assert result.path.is_file() and result.manifest["weights"]["seed"] == 0
 
@@ -165,7 +165,7 @@ def test_default_path_names_variant_target_and_departures(loaded, tmp_path, monk
 def test_external_data_for_big_models(loaded, tmp_path, monkeypatch):
     monkeypatch.setattr(export_module, "EXTERNAL_DATA_BYTES", 0)
     path = tmp_path / "big.onnx"
-    result = export_onnx(loaded[SPATIAL], ExportOptions(simplify=False), path)
+    result = export_onnx(loaded[SPATIAL], ExportOptions(), path)
     data = tmp_path / "big.onnx.data"
     assert result.manifest["external_data"] and data.is_file()
     assert path.stat().st_size < 1_000_000 < data.stat().st_size
@@ -188,7 +188,7 @@ def test_parity_miss_fails_and_keeps_the_previous_file(loaded, tmp_path, exports
     path.write_bytes(b"previous good model")
     before = _folder_state(tmp_path)
     with pytest.raises(PeExportError, match="differs from torch .*max abs .*nothing was written"):
-        export_onnx(loaded[SPATIAL], ExportOptions(max_abs=0.0, simplify=False), path)
+        export_onnx(loaded[SPATIAL], ExportOptions(max_abs=0.0), path)
     assert _folder_state(tmp_path) == before
 
 
@@ -200,7 +200,7 @@ def test_interrupt_mid_write_leaves_no_file(loaded, tmp_path, monkeypatch):
     monkeypatch.setattr(export_module, "_prove", interrupted)
     path = tmp_path / "model.onnx"
     with pytest.raises(KeyboardInterrupt):
-        export_onnx(loaded[SPATIAL], ExportOptions(simplify=False), path)
+        export_onnx(loaded[SPATIAL], ExportOptions(), path)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -1,0 +1,97 @@
+"""onnxruntime CPU latency of the exported ONNX against PyTorch eager fp32, in one run.
+
+For each lowering (fused/decomposed RoPE x fused/decomposed attention) the script exports the
+variant, then times torch eager and every ONNX file round-robin at the same thread count, so the
+ratios are fair on a noisy machine. It prints a Markdown table and writes JSON.
+
+    python benchmarks/onnx_latency.py --variant L14 --threads 2 --iters 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pe_export.bench.latency import summarize, time_call
+from pe_export.model import load_model
+from pe_export.onnx.export import ExportOptions, export_onnx, parity_input
+from pe_export.runners.onnxruntime import OrtRunner
+from pe_export.versions import versions
+
+LOWERINGS = {
+    "rope fused, attention fused (trt11, ort)": dict(target="trt11"),
+    "rope fused, attention decomposed": dict(target="trt11", attention="decomposed"),
+    "rope decomposed, attention fused": dict(target="trt11", rope="decomposed"),
+    "rope decomposed, attention decomposed (opset 17: trt10, jetson)": dict(target="jetson"),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", default="L14")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=Path("artifacts/bench"))
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    loaded = load_model(args.variant, random_init=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    runners = {}
+    nodes = {}
+    for label, options in LOWERINGS.items():
+        path = args.out / f"{loaded.variant.name}.{label.split(',')[0].replace(' ', '-')}-{options.get('attention', options.get('target'))}.onnx"
+        result = export_onnx(loaded, ExportOptions(**options), path)
+        runners[label] = OrtRunner(result.path, threads=args.threads)
+        nodes[label] = result.manifest["nodes"]
+        print(f"exported {label}: {nodes[label]} nodes, {result.manifest['export_seconds']} s", flush=True)
+
+    x = parity_input(loaded, args.batch)
+    x_np = x.numpy()
+    calls = {"torch eager fp32": lambda: _torch(loaded.model, x)}
+    calls.update({label: (lambda r=runner: r.run(x_np)) for label, runner in runners.items()})
+    for fn in calls.values():
+        for _ in range(args.warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(args.iters):  # round-robin: each backend sees the same machine load
+        for name, fn in calls.items():
+            samples[name].append(time_call(fn))
+
+    stats = {name: summarize(s) for name, s in samples.items()}
+    base = stats["torch eager fp32"].p50
+    rows = [
+        {"backend": "torch" if name.startswith("torch") else "onnxruntime CPU", "lowering": name,
+         "nodes": nodes.get(name), "latency_ms": stats[name].as_dict(), "ratio_vs_torch": stats[name].p50 / base}
+        for name in calls
+    ]
+    report = {
+        "schema": "pe-export/onnx-latency/1", "variant": loaded.variant.name, "batch": args.batch,
+        "threads": args.threads, "device": platform.processor() or platform.machine(), "versions": versions(),
+        "results": rows,
+    }
+    (args.out / "onnx_latency.json").write_text(json.dumps(report, indent=2))
+    print(f"\n{loaded.variant.name}, batch {args.batch}, {args.threads} threads, {args.iters} timed iterations\n")
+    print("| backend | lowering | nodes | p50 ms | mean ms | ratio vs torch |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        lat = row["latency_ms"]
+        print(f"| {row['backend']} | {row['lowering']} | {row['nodes'] or '-'} | {lat['p50']:.0f} | "
+              f"{lat['mean']:.0f} | {row['ratio_vs_torch']:.2f} |")
+
+
+def _torch(model, x):
+    with torch.no_grad():
+        return model(x)
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    main()
