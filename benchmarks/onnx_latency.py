@@ -53,7 +53,7 @@ def main() -> None:
         nodes[label] = result.manifest["nodes"]
         print(f"exported {label}: {nodes[label]} nodes, {result.manifest['export_seconds']} s", flush=True)
 
-    x = parity_input(loaded, args.batch)
+    x = parity_input(loaded.variant, args.batch)
     x_np = x.numpy()
     calls = {"torch eager fp32": lambda: _torch(loaded.model, x)}
     calls.update({label: (lambda r=runner: r.run(x_np)) for label, runner in runners.items()})

@@ -7,6 +7,7 @@ never a truncated file.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -54,6 +55,39 @@ def publish(staged: list[Path], destination: Path) -> None:
     for item in companions:
         os.replace(item, destination.parent / item.name)
     os.replace(main, destination)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_digests(paths: list[Path]) -> dict[str, dict]:
+    """Size and sha256 of each file, keyed by name: what a manifest pins its artifact to."""
+    return {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in paths}
+
+
+def load_manifest(artifact: Path) -> dict | None:
+    path = manifest_path(artifact)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def files_match(artifact: Path, manifest: dict) -> bool:
+    """True when every file the manifest lists is beside the artifact with its recorded size and hash."""
+    files = manifest.get("files") or {}
+    if artifact.name not in files:
+        return False
+    for name, expected in files.items():
+        path = artifact.parent / name
+        if not path.is_file() or path.stat().st_size != expected["bytes"] or file_sha256(path) != expected["sha256"]:
+            return False
+    return True
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from pe_export import __version__
@@ -190,6 +191,145 @@ def check(
         console.print(f"[red]x[/] {finding}", highlight=False, soft_wrap=True)
     console.print(f"[bold red]{len(report.findings)} problem(s)[/] for {report.target.runtime} in {model}")
     raise typer.Exit(1)
+
+
+def _csv(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _progress() -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=True)
+
+
+@app.command()
+def parity(
+    variant: VariantOpt,
+    artifacts: Annotated[Optional[list[Path]], typer.Argument(help="ONNX files or engines. Default: every artifact with a manifest under artifacts/<variant>/.")] = None,
+    checkpoint: CheckpointOpt = None,
+    random_init: RandomInitOpt = False,
+    seed: SeedOpt = 0,
+    images: Annotated[Optional[Path], typer.Option(help="A folder of images (adds top-1 retrieval agreement).")] = None,
+    synthetic: Annotated[int, typer.Option(help="Seeded synthetic inputs when no --images.", min=1)] = 8,
+    threads: Annotated[Optional[int], typer.Option(help="Threads for onnxruntime CPU.", min=1)] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON (schema pe-export/parity/1).")] = None,
+    md_path: Annotated[Optional[Path], typer.Option("--md", help="Write the report as a Markdown table.")] = None,
+) -> None:
+    """Compare artifacts with the torch fp32 reference on the same inputs; exit 1 if one misses its threshold.
+
+    Per artifact: token cosine (mean and min), pooled cosine, max abs, relative L2 and, with
+    --images, top-1 retrieval agreement. Thresholds per precision: fp32 0.99999, fp16 0.999,
+    bf16/int8/fp8 0.99 (token cosine mean).
+
+    Example: pe-export parity -v L14 --random-init artifacts/PE-Lang-L14-448/*.onnx --images photos/
+    """
+    from pe_export.bench.parity import run_parity
+    from pe_export.model import load_model
+
+    _require_one_source(checkpoint, random_init)
+    with console.status("loading weights"):
+        loaded = load_model(variant, checkpoint, random_init=random_init, seed=seed)
+    with _progress() as bar:
+        task = bar.add_task("parity", total=len(artifacts) if artifacts else None)
+        report = run_parity(loaded, artifacts or (), images, synthetic, threads=threads,
+                            on_row=lambda row: bar.advance(task))
+    _finish(report, json_path, md_path)
+    if any(row.passed is False for row in report.results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    variant: VariantOpt,
+    checkpoint: CheckpointOpt = None,
+    random_init: RandomInitOpt = False,
+    seed: SeedOpt = 0,
+    backends: Annotated[str, typer.Option(help="Comma list: torch, torch-compile, onnxruntime, onnxruntime-cuda, onnxruntime-trt, tensorrt.")] = "torch,onnxruntime",
+    precision: Annotated[str, typer.Option(help="Comma list: fp32, bf16, fp16, int8, fp8.")] = "fp32",
+    batch: Annotated[str, typer.Option(help="Comma list of batch sizes, e.g. 1,8,32.")] = "1",
+    warmup: Annotated[int, typer.Option(help="Untimed runs before timing.", min=0)] = 2,
+    iters: Annotated[int, typer.Option(help="Timed runs per row.", min=1)] = 10,
+    seconds: Annotated[Optional[float], typer.Option(help="Time each row for this long instead of --iters.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch and onnxruntime.", min=1)] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda (torch backends; GPU timing with CUDA events).")] = "cpu",
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON (schema pe-export/latency/1).")] = None,
+    md_path: Annotated[Optional[Path], typer.Option("--md", help="Write the report as a Markdown table.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of throughput against batch size.")] = None,
+    baseline: Annotated[Optional[Path], typer.Option(help="A previous latency JSON to compare with.")] = None,
+    max_regression: Annotated[float, typer.Option(help="With --baseline: allowed slow-down in percent.")] = 10.0,
+    compare: Annotated[str, typer.Option(help="With --baseline: 'absolute' p50 times, or 'ratio' to torch fp32 in the same run (for noisy machines).")] = "absolute",
+) -> None:
+    """Measure latency (min/mean/p50/p90/p95/p99), throughput and peak memory per backend, precision and batch.
+
+    Example: pe-export bench -v L14 --random-init --backends torch,onnxruntime --batch 1,4 --json lat.json
+    """
+    from pydantic import ValidationError
+
+    from pe_export.bench.bench import BenchSettings, regressions, run_bench
+    from pe_export.bench.report import load_report
+    from pe_export.errors import UsageError
+    from pe_export.model import load_model
+
+    _require_one_source(checkpoint, random_init)
+    try:
+        settings = BenchSettings(
+            backends=_csv(backends), precisions=_csv(precision), batches=[int(b) for b in _csv(batch)],
+            warmup=warmup, iters=iters, seconds=seconds, threads=threads, device=device,
+        )
+    except (ValidationError, ValueError) as exc:
+        raise UsageError(f"bad bench settings: {_first_error(exc)}") from None
+    if compare not in ("absolute", "ratio"):
+        raise UsageError("--compare takes 'absolute' or 'ratio'")
+    past = _read_baseline(baseline, load_report) if baseline else None
+    with console.status("loading weights"):
+        loaded = load_model(variant, checkpoint, random_init=random_init, seed=seed)
+    rows = len(settings.backends) * len(settings.precisions) * len(settings.batches)
+    with _progress() as bar:
+        task = bar.add_task("rows", total=rows)
+        report = run_bench(loaded, settings, on_row=lambda row: bar.advance(task), progress=lambda s: bar.update(task, description=s))
+    _finish(report, json_path, md_path)
+    if plot and report.results:
+        from pe_export.bench.plot import plot_throughput
+
+        plot_throughput(report, plot)
+        console.print(f"plot: {plot}")
+    if past is not None:
+        slower = regressions(report, past, max_regression, compare)  # type: ignore[arg-type]
+        for line in slower:
+            console.print(f"[red]regressed[/] {line}", highlight=False)
+        if slower:
+            raise typer.Exit(1)
+        console.print(f"[green]no regression[/] beyond {max_regression:g}% ({compare}) against {baseline}")
+
+
+def _first_error(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        return f"{'.'.join(map(str, first['loc']))}: {first['msg'].removeprefix('Value error, ')}"
+    return str(exc)
+
+
+def _read_baseline(path: Path, load_report):
+    from pe_export.errors import UsageError
+
+    try:
+        return load_report(path)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot use {path} as a baseline: {_first_error(exc)}") from None
+
+
+def _finish(report, json_path: Optional[Path], md_path: Optional[Path]) -> None:
+    from pe_export.bench.report import to_markdown
+
+    console.print(to_markdown(report), highlight=False)
+    report.write(json_path, md_path)
+    for path in (json_path, md_path):
+        if path:
+            console.print(f"wrote {path}")
+    if report.interrupted:
+        console.print("[yellow]interrupted[/]: the report holds the finished rows")
+        raise typer.Exit(130)
 
 
 def _require_one_source(checkpoint: Optional[str], random_init: bool) -> None:

@@ -103,3 +103,50 @@ def test_check_lists_problems_and_exits_1(capsys, monkeypatch, tmp_path):
 def test_onnx_bad_input(capsys, args, message):
     code, _, err = run(capsys, *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_parity_and_bench_commands(capsys, monkeypatch, tmp_path):
+    import json
+
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.chdir(tmp_path)
+    ckpt = str(fixture_checkpoint("PE-Spatial-T16-512"))
+    code, out, _ = run(capsys, "bench", "-v", "PE-Spatial-T16-512", "-c", ckpt, "--batch", "1", "--iters", "2",
+                       "--warmup", "0", "--json", "lat.json", "--md", "lat.md", "--plot", "lat.png")
+    assert code == 0 and "| onnxruntime | fp32 | 1 |" in out
+    assert json.loads((tmp_path / "lat.json").read_text())["schema"] == "pe-export/latency/1"
+    assert (tmp_path / "lat.png").read_bytes()[:4] == b"\x89PNG"
+    # the bench exported artifacts/<variant>/<variant>.ort.onnx; parity finds it by default
+    code, out, _ = run(capsys, "parity", "-v", "PE-Spatial-T16-512", "-c", ckpt, "--synthetic", "2", "--json", "p.json")
+    assert code == 0 and "PE-Spatial-T16-512.ort.onnx" in out and "pass" in out
+    # against a baseline that was far faster, the gate fails and names the row
+    data = json.loads((tmp_path / "lat.json").read_text())
+    for row in data["results"]:
+        row["latency_ms"] = {k: v / 10 for k, v in row["latency_ms"].items()}
+    (tmp_path / "fast.json").write_text(json.dumps(data))
+    code, out, _ = run(capsys, "bench", "-v", "PE-Spatial-T16-512", "-c", ckpt, "--backends", "torch", "--iters", "2",
+                       "--warmup", "0", "--baseline", "fast.json", "--max-regression", "50")
+    assert code == 1 and "regressed torch fp32 batch 1" in out
+
+
+def test_parity_with_wrong_weights_exits_1(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("COLUMNS", "200")
+    path = tmp_path / "m.onnx"
+    assert run(capsys, "onnx", "-v", "PE-Spatial-T16-512", "--random-init", "--seed", "3", "-o", str(path))[0] == 0
+    code, out, _ = run(capsys, "parity", "-v", "PE-Spatial-T16-512", "--random-init", str(path), "--synthetic", "1")
+    assert code == 1 and "FAIL" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["bench", "-v", "PE-Spatial-T16-512", "--random-init", "--backends", "tvm"], "unknown backend(s) tvm"),
+        (["bench", "-v", "PE-Spatial-T16-512", "--random-init", "--batch", "0"], "batch sizes must be positive"),
+        (["bench", "-v", "PE-Spatial-T16-512", "--random-init", "--baseline", "/no/file.json"], "cannot use /no/file.json as a baseline"),
+        (["parity", "-v", "PE-Spatial-T16-512", "--random-init", "/no/model.onnx"], "artifact not found"),
+        (["parity", "-v", "PE-Spatial-T16-512", "--random-init", "--images", "/no/folder", "/no/model.onnx"], "no images"),
+    ],
+)
+def test_harness_bad_input(capsys, args, message):
+    code, _, err = run(capsys, *args)
+    assert code == 2 and message in err and "Traceback" not in err

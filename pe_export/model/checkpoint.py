@@ -7,7 +7,6 @@ with `weights_only=True` only, so a file that tries to run code is refused.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import re
 import zipfile
@@ -37,14 +36,6 @@ _TIMM_RENAMES: tuple[tuple[str, str], ...] = (
     (r"^attn_pool\.proj\.", "attn_pool.attn.out_proj."),
     (r"^attn_pool\.norm\.", "attn_pool.layernorm."),
 )
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_checkpoint(path: Path) -> StateDict:

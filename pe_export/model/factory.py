@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from pe_export.model.checkpoint import check_keys, file_sha256, read_checkpoint
+from pe_export.artifacts import file_sha256
+from pe_export.model.checkpoint import check_keys, read_checkpoint
 from pe_export.model.hub import resolve_checkpoint
 from pe_export.model.pe import PEVisionTower
 from pe_export.variants import Variant, get_variant

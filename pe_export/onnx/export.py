@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import gc
 import io
 import logging
 import resource
@@ -11,7 +12,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import onnx
@@ -21,7 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from pe_export import artifacts
 from pe_export.bench.metrics import ParityFigures, compare
 from pe_export.errors import PeExportError, UsageError
-from pe_export.model import LoadedModel, PEVisionTower, load_model
+from pe_export.model import LoadedModel, load_model
+from pe_export.model.head import OutputHead, OutputKind, check_output
 from pe_export.onnx import passes
 from pe_export.onnx.lowering import FUSED_MIN_OPSET, Lowering, translation_table
 from pe_export.onnx.targets import DEFAULT_TARGET, Target, get_target
@@ -36,7 +38,6 @@ MIN_OPSET = 17
 # and its serialized bytes): for L14 that is 4.8 GB peak instead of 1.5 GB.
 EXTERNAL_DATA_BYTES = 512 * 2**20
 PARITY_SEED = 0
-OutputKind = Literal["tokens", "pooled"]
 
 
 class ExportOptions(BaseModel):
@@ -114,38 +115,11 @@ def resolve(options: ExportOptions, variant: Variant) -> ResolvedExport:
             "use --rope decomposed --attention decomposed, or --opset 23"
         )
     output = options.output or variant.default_output
-    if output == "pooled" and not variant.attn_pool:
-        raise UsageError(f"{variant.name} has no attention pooler; use --output tokens")
-    if output == "pooled" and (options.layer != -1 or options.strip_cls):
-        raise UsageError("--layer and --strip-cls apply to --output tokens only")
-    if not -variant.layers <= options.layer < variant.layers:
-        raise UsageError(f"--layer {options.layer} is out of range for {variant.layers} blocks")
-    if options.strip_cls and not variant.cls_token:
-        raise UsageError(f"{variant.name} has no class token to strip")
+    check_output(variant, output, options.layer, options.strip_cls)
     return ResolvedExport(
         target, opset, rope, attention, options.batch, output, options.layer, options.strip_cls,
         options.simplify, options.min_cosine, options.max_abs,
     )
-
-
-class ExportHead(torch.nn.Module):
-    """The chosen output of a PE tower as a one-input, one-output module."""
-
-    def __init__(self, model: PEVisionTower, spec: ResolvedExport):
-        super().__init__()
-        self.model = model
-        self.pooled = spec.output == "pooled"
-        self.layer = spec.layer
-        # ln_post belongs to the last block's output only
-        self.norm = spec.layer % model.variant.layers == model.variant.layers - 1
-        self.strip_cls = spec.strip_cls
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if self.pooled:
-            return self.model.forward_pooled(pixel_values)
-        return self.model.forward_features(
-            pixel_values, norm=self.norm, layer_idx=self.layer, strip_cls_token=self.strip_cls
-        )
 
 
 @dataclass(frozen=True)
@@ -163,9 +137,9 @@ def default_output_path(variant: Variant, spec: ResolvedExport, root: Path = Pat
     return root / variant.name / f"{spec.file_stem(variant.name)}.onnx"
 
 
-def parity_input(loaded: LoadedModel, batch: int) -> torch.Tensor:
+def parity_input(variant: Variant, batch: int) -> torch.Tensor:
     """A fixed, seeded batch in the model's input range [-1, 1]."""
-    size = loaded.variant.image_size
+    size = variant.image_size
     gen = torch.Generator().manual_seed(PARITY_SEED)
     return torch.rand(batch, 3, size, size, generator=gen) * 2 - 1
 
@@ -186,8 +160,8 @@ def export_variant(
     path = Path(output) if output else default_output_path(variant, spec)
     artifacts.prepare_destination(path)
     progress("loading weights")
-    loaded = load_model(variant, checkpoint, random_init=random_init, seed=seed)
-    return export_onnx(loaded, options, path, progress)
+    # No reference kept here: export_onnx can free the torch weights before onnxruntime loads its copy.
+    return export_onnx(load_model(variant, checkpoint, random_init=random_init, seed=seed), options, path, progress)
 
 
 def export_onnx(
@@ -201,33 +175,81 @@ def export_onnx(
     The file only appears at `output` once the full ONNX check and the onnxruntime parity run
     against the torch model have passed; otherwise the previous file (or nothing) stays.
     """
-    spec = resolve(options, loaded.variant)
-    path = Path(output) if output else default_output_path(loaded.variant, spec)
+    variant, source = loaded.variant, loaded.source
+    spec = resolve(options, variant)
+    path = Path(output) if output else default_output_path(variant, spec)
     artifacts.prepare_destination(path)
+    if any(p.dtype != torch.float32 for p in loaded.model.parameters()):
+        raise UsageError("export starts from fp32 weights; load the model with dtype=torch.float32")
     start = time.perf_counter()
-    head = ExportHead(loaded.model.float(), spec).eval()
+    head = OutputHead(loaded.model, spec.output, spec.layer, spec.strip_cls).eval()
+    progress("computing torch reference outputs")
+    references = _references(head, variant, spec)
     with artifacts.staging(path) as scratch:
         staged = scratch / path.name
-        progress(f"tracing {loaded.variant.name} and writing ONNX (opset {spec.opset})")
-        external = _save_onnx(head, loaded, spec, staged)
+        progress(f"tracing {variant.name} and writing ONNX (opset {spec.opset})")
+        external = _save_onnx(head, variant, spec, staged)
+        # Drop this frame's hold on the torch weights: when the caller keeps none either (the CLI),
+        # onnxruntime's copy replaces them instead of doubling peak memory.
+        del head, loaded
+        gc.collect()
         progress("checking the graph (onnx.checker, full)")
         onnx.checker.check_model(str(staged), full_check=True)
         if spec.simplify:
             progress("simplifying with onnxslim")
         simplified = _simplify(staged) if spec.simplify else None
         progress("proving parity: onnxruntime CPU against torch")
-        figures = _prove(head, loaded, spec, staged)
+        figures = _prove(references, spec, staged)
         graph = onnx.load(str(staged), load_external_data=False)
-        manifest = _manifest(loaded, spec, graph, figures, simplified, external, time.perf_counter() - start)
+        model_files = [staged, *([scratch / f"{path.name}.data"] if external else [])]
+        manifest = _manifest(variant, source, spec, graph, figures, simplified, external, time.perf_counter() - start)
+        manifest["files"] = artifacts.file_digests(model_files)
         manifest_file = scratch / artifacts.manifest_path(path).name
         artifacts.write_json(manifest_file, manifest)
         # companions (external data, manifest) move first, so a model file never lacks them
-        artifacts.publish([staged, *([scratch / f"{path.name}.data"] if external else []), manifest_file], path)
+        artifacts.publish([*model_files, manifest_file], path)
     return ExportResult(path, artifacts.manifest_path(path), manifest)
 
 
-def _save_onnx(head: ExportHead, loaded: LoadedModel, spec: ResolvedExport, staged: Path) -> bool:
-    example = parity_input(loaded, spec.batch or 2)  # batch 2 keeps the dynamic dim from specializing to 1
+def ensure_onnx(
+    loaded: LoadedModel,
+    options: ExportOptions = ExportOptions(),
+    output: Path | None = None,
+    progress: Callable[[str], None] = lambda step: None,
+) -> ExportResult:
+    """The fp32 ONNX for these weights and options: reused when its manifest matches, else exported."""
+    spec = resolve(options, loaded.variant)
+    path = Path(output) if output else default_output_path(loaded.variant, spec)
+    manifest = artifacts.load_manifest(path)
+    if manifest and _same_export(manifest, loaded, spec) and artifacts.files_match(path, manifest):
+        progress(f"reusing {path}")
+        return ExportResult(path, artifacts.manifest_path(path), manifest)
+    return export_onnx(loaded, options, path, progress)
+
+
+def _same_export(manifest: dict, loaded: LoadedModel, spec: ResolvedExport) -> bool:
+    weights = manifest.get("weights", {})
+    return (
+        manifest.get("kind") == "onnx"
+        and manifest.get("variant") == loaded.variant.name
+        and weights.get("sha256") == loaded.source.sha256
+        and weights.get("seed") == loaded.source.seed
+        and manifest.get("options") == spec.as_dict()
+    )
+
+
+def _references(head: OutputHead, variant: Variant, spec: ResolvedExport) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Inputs and torch outputs for each parity batch size: a static batch, or 1 and 2 for a dynamic one."""
+    references = {}
+    for batch in [spec.batch] if spec.batch else [1, 2]:
+        x = parity_input(variant, batch)
+        with torch.no_grad():
+            references[batch] = (x.numpy(), head(x).numpy())
+    return references
+
+
+def _save_onnx(head: OutputHead, variant: Variant, spec: ResolvedExport, staged: Path) -> bool:
+    example = parity_input(variant, spec.batch or 2)  # batch 2 keeps the dynamic dim from specializing to 1
     dynamic = None if spec.batch else {"pixel_values": {0: torch.export.Dim("batch", min=1, max=4096)}}
     with torch.no_grad(), _quiet():
         program = torch.onnx.export(
@@ -281,17 +303,12 @@ def _save_like(model: onnx.ModelProto, staged: Path, external: bool) -> None:
               all_tensors_to_one_file=True)
 
 
-def _prove(head: ExportHead, loaded: LoadedModel, spec: ResolvedExport, staged: Path) -> dict:
-    """onnxruntime CPU against torch on fixed batches; a miss stops the export with the figures."""
-    batches = [spec.batch] if spec.batch else [1, 2]
+def _prove(references: dict[int, tuple[np.ndarray, np.ndarray]], spec: ResolvedExport, staged: Path) -> dict:
+    """onnxruntime CPU against the torch outputs; a miss stops the export with the figures."""
     runner = OrtRunner(staged)
     results = {}
-    for batch in batches:
-        x = parity_input(loaded, batch)
-        with torch.no_grad():
-            reference = head(x).numpy()
-        candidate = runner.run(x.numpy())
-        figures = compare(reference, candidate)
+    for batch, (x, reference) in references.items():
+        figures = compare(reference, runner.run(x))
         results[f"batch{batch}"] = figures
         if figures.cosine_min < spec.min_cosine or figures.max_abs > spec.max_abs:
             raise PeExportError(
@@ -299,19 +316,19 @@ def _prove(head: ExportHead, loaded: LoadedModel, spec: ResolvedExport, staged: 
                 f"(needs cosine >= {spec.min_cosine}, max abs <= {spec.max_abs}); nothing was written"
             )
     worst = min(results.values(), key=lambda f: f.cosine_min)
-    return {"backend": "onnxruntime CPU", "seed": PARITY_SEED, "batches": batches, **worst.as_dict(),
+    return {"backend": "onnxruntime CPU", "seed": PARITY_SEED, "batches": list(references), **worst.as_dict(),
             "per_batch": {k: v.as_dict() for k, v in results.items()}}
 
 
-def _manifest(loaded, spec, graph, figures, simplified, external, seconds) -> dict:
+def _manifest(variant, source, spec, graph, figures, simplified, external, seconds) -> dict:
     histogram = collections.Counter(
         f"{node.domain}::{node.op_type}" if node.domain else node.op_type for node in graph.graph.node
     )
     return {
         "kind": "onnx",
-        "variant": loaded.variant.name,
+        "variant": variant.name,
         "precision": "fp32",
-        "weights": loaded.source.as_dict(),
+        "weights": source.as_dict(),
         "options": spec.as_dict(),
         "opset": {imp.domain or "ai.onnx": imp.version for imp in graph.opset_import},
         "nodes": len(graph.graph.node),

@@ -25,7 +25,7 @@ TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
         Target("trt11", "TensorRT 11.x", 23, "fused", "fused", 25, True, True, True),
-        Target("trt10.15", "TensorRT 10.15+", 23, "fused", "fused", 23, True, True, True),
+        Target("trt10.15", "TensorRT 10.15+", 23, "fused", "fused", 24, True, True, True),
         Target("trt10", "TensorRT 10.0-10.13", 17, "decomposed", "decomposed", 20, False, False, True),
         Target("jetson", "TensorRT 10.3 on Jetson (JetPack 6)", 17, "decomposed", "decomposed", 20, False, False, True),
         # Fused RoPE and attention measured fastest on onnxruntime CPU (benchmarks/onnx_latency.py).

@@ -1,4 +1,4 @@
-"""Running an ONNX artifact with onnxruntime."""
+"""Running an ONNX artifact with onnxruntime (CPU; CUDA and TensorRT providers where installed)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pe_export.errors import PeExportError
+from pe_export.runners.device import cpu_name, cuda_name
+
 CPU = "CPUExecutionProvider"
+PROVIDERS = {"cpu": CPU, "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
 class OrtRunner:
@@ -14,16 +18,42 @@ class OrtRunner:
 
     backend = "onnxruntime"
 
-    def __init__(self, path: Path, providers: tuple[str, ...] = (CPU,), threads: int | None = None):
+    def __init__(self, path: Path, provider: str = "cpu", threads: int | None = None, precision: str = "fp32"):
         import onnxruntime as ort
 
+        wanted = PROVIDERS[provider]
+        if wanted not in ort.get_available_providers():
+            raise PeExportError(
+                f"onnxruntime here has no {wanted} (it has {', '.join(ort.get_available_providers())}); "
+                "install onnxruntime-gpu for the CUDA and TensorRT providers"
+            )
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), options, providers=list(providers))
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.provider = provider
+        self.precision = precision
+        self.session = ort.InferenceSession(str(path), options, providers=[wanted, CPU] if wanted != CPU else [CPU])
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    def device(self) -> str:
+        return cpu_name() if self.provider == "cpu" else cuda_name()
+
+    def versions(self) -> dict[str, str | None]:
+        import onnxruntime as ort
+
+        return {"onnxruntime": ort.__version__}
+
+    def close(self) -> None:
+        self.session = None
+
+    def __enter__(self) -> "OrtRunner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,179 @@
+"""Latency and throughput of PE per backend, precision and batch size, with a regression gate."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pe_export.bench.latency import summarize
+from pe_export.bench.memory import peak_rss_mb, reset_peak_rss
+from pe_export.bench.report import LatencyMs, LatencyRow, Report, make_report
+from pe_export.errors import UsageError
+from pe_export.model import LoadedModel
+from pe_export.runners.device import cpu_name, cuda_name
+from pe_export.versions import versions
+
+BACKENDS = ("torch", "torch-compile", "onnxruntime", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "fp8")
+
+
+class BenchSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backends: list[str] = ["torch", "onnxruntime"]
+    precisions: list[str] = ["fp32"]
+    batches: list[int] = [1]
+    warmup: int = Field(2, ge=0)
+    iters: Optional[int] = Field(10, ge=1)
+    seconds: Optional[float] = Field(None, gt=0)
+    threads: Optional[int] = Field(None, ge=1)
+    device: Literal["cpu", "cuda"] = "cpu"
+
+    @field_validator("backends")
+    @classmethod
+    def _known_backends(cls, value: list[str]) -> list[str]:
+        unknown = [b for b in value if b not in BACKENDS]
+        if unknown:
+            raise ValueError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+        return value
+
+    @field_validator("precisions")
+    @classmethod
+    def _known_precisions(cls, value: list[str]) -> list[str]:
+        unknown = [p for p in value if p not in PRECISIONS]
+        if unknown:
+            raise ValueError(f"unknown precision(s) {', '.join(unknown)}; choose from {', '.join(PRECISIONS)}")
+        return value
+
+    @field_validator("batches")
+    @classmethod
+    def _positive_batches(cls, value: list[int]) -> list[int]:
+        if not value or any(b < 1 for b in value):
+            raise ValueError("batch sizes must be positive")
+        return value
+
+
+def bench_input(loaded: LoadedModel, batch: int) -> np.ndarray:
+    size = loaded.variant.image_size
+    gen = torch.Generator().manual_seed(2)
+    return (torch.rand(batch, 3, size, size, generator=gen) * 2 - 1).numpy()
+
+
+def timed_iterations(run: Callable[[], object], settings: BenchSettings, tick: Callable[[], None]) -> list[float]:
+    """Warm up, then time `iters` calls (or as many as fit in `seconds`); milliseconds each."""
+    for _ in range(settings.warmup):
+        run()
+    samples: list[float] = []
+    deadline = time.perf_counter() + settings.seconds if settings.seconds else None
+    while (len(samples) < settings.iters) if deadline is None else (time.perf_counter() < deadline or not samples):
+        start = time.perf_counter()
+        run()
+        samples.append((time.perf_counter() - start) * 1e3)
+        tick()
+    return samples
+
+
+def measure_row(runner, backend: str, precision: str, batch: np.ndarray, settings: BenchSettings,
+                tick: Callable[[], None] = lambda: None) -> LatencyRow:
+    reset_peak_rss()
+    cuda = settings.device == "cuda" and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    samples = timed_iterations(lambda: runner.run(batch), settings, tick)
+    stats = summarize(samples)
+    return LatencyRow(
+        backend=backend, precision=precision, batch=len(batch),
+        latency_ms=LatencyMs(**{k: v for k, v in stats.as_dict().items() if k != "iters"}),
+        throughput_ips=len(batch) * 1e3 / stats.mean, peak_rss_mb=round(peak_rss_mb(), 1),
+        gpu_memory_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None, iters=stats.iters,
+    )
+
+
+def bench_rows(
+    loaded: LoadedModel,
+    settings: BenchSettings,
+    open_runner: Callable[[str, str], object],
+    on_row: Callable[[LatencyRow], None] = lambda row: None,
+    tick: Callable[[], None] = lambda: None,
+) -> Iterator[LatencyRow]:
+    """Rows in order backend x precision x batch; a runner is opened once per backend and precision."""
+    for backend in settings.backends:
+        for precision in settings.precisions:
+            with open_runner(backend, precision) as runner:
+                for batch in settings.batches:
+                    row = measure_row(runner, backend, precision, bench_input(loaded, batch), settings, tick)
+                    on_row(row)
+                    yield row
+
+
+def latency_report(loaded: LoadedModel, settings: BenchSettings, rows: list[LatencyRow], device: str | None = None,
+                   interrupted: bool = False) -> Report:
+    recorded = {**settings.model_dump(), "threads": settings.threads or torch.get_num_threads(),
+                "weights": loaded.source.as_dict(), "timer": "CUDA events" if settings.device == "cuda" else "perf_counter"}
+    return make_report("latency", loaded.variant.name, device or cpu_name(), versions(), recorded, rows, interrupted)
+
+
+def regressions(report: Report, baseline: Report, max_regression_pct: float,
+                mode: Literal["absolute", "ratio"] = "absolute", reference: str = "torch") -> list[str]:
+    """Rows slower than the baseline's by more than the threshold (p50).
+
+    `ratio` compares each row's p50 relative to the `reference` backend's row of the same precision
+    and batch in the same report, so machine speed cancels out: what CI on shared machines needs.
+    """
+    def keyed(r: Report) -> dict[tuple, LatencyRow]:
+        return {(row.backend, row.precision, row.batch): row for row in r.results}
+
+    def value(rows: dict[tuple, LatencyRow], key: tuple) -> float | None:
+        if mode == "absolute":
+            return rows[key].latency_ms.p50
+        ref = rows.get((reference, "fp32", key[2]))
+        return rows[key].latency_ms.p50 / ref.latency_ms.p50 if ref else None
+
+    now, before = keyed(report), keyed(baseline)
+    found = []
+    for key in now.keys() & before.keys():
+        if mode == "ratio" and key[0] == reference and key[1] == "fp32":
+            continue
+        current, past = value(now, key), value(before, key)
+        if current is None or past is None:
+            continue
+        change = (current / past - 1) * 100
+        if change > max_regression_pct:
+            unit = "ms" if mode == "absolute" else f"x {reference}"
+            found.append(f"{key[0]} {key[1]} batch {key[2]}: {past:.3g} -> {current:.3g} {unit} (+{change:.0f}%)")
+    return sorted(found)
+
+
+def check_settings_for(settings: BenchSettings) -> None:
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda needs a CUDA GPU and a CUDA build of torch; none is available here")
+
+
+def run_bench(
+    loaded: LoadedModel,
+    settings: BenchSettings,
+    on_row: Callable[[LatencyRow], None] = lambda row: None,
+    tick: Callable[[], None] = lambda: None,
+    progress: Callable[[str], None] = lambda step: None,
+) -> Report:
+    """Every backend x precision x batch row; Ctrl-C keeps the finished rows (report.interrupted)."""
+    from pe_export.bench.backends import runner_opener
+
+    check_settings_for(settings)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    opener = runner_opener(loaded, settings.threads, settings.device, progress)
+    rows: list[LatencyRow] = []
+    device = cuda_name() if settings.device == "cuda" else None
+    try:
+        for row in bench_rows(loaded, settings, opener, on_row, tick):
+            rows.append(row)
+    except KeyboardInterrupt:
+        return latency_report(loaded, settings, rows, device, interrupted=True)
+    return latency_report(loaded, settings, rows, device)

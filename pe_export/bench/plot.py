@@ -1,0 +1,37 @@
+"""A PNG of throughput against batch size, one line per backend and precision."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pe_export.bench.report import Report
+from pe_export.errors import UsageError
+
+
+def plot_throughput(report: Report, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise UsageError("--plot needs matplotlib: pip install 'pe-export[plot]'") from exc
+    lines: dict[str, list[tuple[int, float]]] = {}
+    for row in report.results:
+        lines.setdefault(f"{row.backend} {row.precision}", []).append((row.batch, row.throughput_ips))
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for label, points in sorted(lines.items()):
+        points.sort()
+        ax.plot([b for b, _ in points], [t for _, t in points], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    batches = sorted({row.batch for row in report.results})
+    ax.set_xticks(batches, [str(b) for b in batches])
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images / s")
+    ax.set_title(f"{report.variant} on {report.device}", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

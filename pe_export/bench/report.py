@@ -1,0 +1,123 @@
+"""The stable report schema shared by `pe-export parity` and `pe-export bench`, and its renderings.
+
+    {"schema": "pe-export/<kind>/1", "variant", "device", "versions", "settings", "results": [...]}
+
+A latency row: backend, precision, batch, latency_ms {min, mean, p50, p90, p95, p99},
+throughput_ips, peak_rss_mb. A parity row: artifact, backend, precision, cosine_mean,
+cosine_min, max_abs, rel_l2, threshold, passed (plus pooled_cosine, retrieval_top1 and a note).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+class LatencyMs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    min: float
+    mean: float
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+
+
+class LatencyRow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    backend: str
+    precision: str
+    batch: int
+    latency_ms: LatencyMs
+    throughput_ips: float
+    peak_rss_mb: float
+    gpu_memory_mb: Optional[float] = None
+    iters: int
+
+
+class ParityRow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    artifact: str
+    backend: str
+    precision: str
+    cosine_mean: Optional[float]
+    cosine_min: Optional[float]
+    max_abs: Optional[float]
+    rel_l2: Optional[float]
+    threshold: float
+    passed: Optional[bool]  # None: not run here, `note` says why
+    pooled_cosine: Optional[float] = None
+    retrieval_top1: Optional[float] = None
+    note: Optional[str] = None
+
+
+class Report(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    schema_: str = Field(alias="schema")
+    variant: str
+    device: str
+    versions: dict[str, Optional[str]]
+    settings: dict
+    results: list[Union[LatencyRow, ParityRow]]
+    interrupted: bool = False
+
+    @property
+    def kind(self) -> Literal["latency", "parity"]:
+        return self.schema_.split("/")[1]  # type: ignore[return-value]
+
+    def to_json(self) -> dict:
+        return self.model_dump(by_alias=True)
+
+    def write(self, json_path: Path | None = None, md_path: Path | None = None) -> None:
+        if json_path:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        if md_path:
+            md_path.parent.mkdir(parents=True, exist_ok=True)
+            md_path.write_text(to_markdown(self) + "\n")
+
+
+def make_report(kind: str, variant: str, device: str, versions: dict, settings: dict, results: list,
+                interrupted: bool = False) -> Report:
+    return Report(schema_=f"pe-export/{kind}/{SCHEMA_VERSION}", variant=variant, device=device, versions=versions,
+                  settings=settings, results=results, interrupted=interrupted)
+
+
+def load_report(path: Path) -> Report:
+    """Read and validate a report file; rows must match its kind."""
+    data = json.loads(Path(path).read_text())
+    schema = str(data.get("schema", ""))
+    row_type = {"latency": LatencyRow, "parity": ParityRow}.get(schema.split("/")[1] if "/" in schema else "")
+    if row_type is None or not schema.startswith("pe-export/"):
+        raise ValueError(f"{path}: unknown report schema {schema!r}")
+    return Report.model_validate({**data, "results": [row_type.model_validate(r) for r in data.get("results", [])]})
+
+
+def to_markdown(report: Report) -> str:
+    title = f"**{report.variant}** on {report.device}"
+    if report.kind == "latency":
+        head = "| backend | precision | batch | p50 ms | p90 ms | p99 ms | mean ms | img/s | peak RSS MB |\n|---|---|---|---|---|---|---|---|---|"
+        lines = [
+            f"| {r.backend} | {r.precision} | {r.batch} | {r.latency_ms.p50:.2f} | {r.latency_ms.p90:.2f} | "
+            f"{r.latency_ms.p99:.2f} | {r.latency_ms.mean:.2f} | {r.throughput_ips:.1f} | {r.peak_rss_mb:.0f} |"
+            for r in report.results
+        ]
+    else:
+        head = "| artifact | backend | precision | cosine mean | cosine min | pooled cosine | max abs | rel L2 | top-1 agree | threshold | result |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        lines = [
+            f"| {r.artifact} | {r.backend} | {r.precision} | {_f(r.cosine_mean, '.6f')} | {_f(r.cosine_min, '.6f')} | "
+            f"{_f(r.pooled_cosine, '.6f')} | {_f(r.max_abs, '.2e')} | {_f(r.rel_l2, '.2e')} | {_f(r.retrieval_top1, '.2%')} | "
+            f"{r.threshold} | {'pass' if r.passed else 'FAIL' if r.passed is False else r.note or 'skipped'} |"
+            for r in report.results
+        ]
+    tail = ["", "_interrupted: finished rows only_"] if report.interrupted else []
+    return "\n".join([title, "", head, *lines, *tail])
+
+
+def _f(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)

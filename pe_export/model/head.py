@@ -1,0 +1,47 @@
+"""Which output of the tower an artifact carries: tokens (of any block, with or without the class
+token) or the pooled, projected embedding of Core variants."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from pe_export.errors import UsageError
+from pe_export.model.pe import PEVisionTower
+from pe_export.variants import Variant
+
+OutputKind = Literal["tokens", "pooled"]
+
+
+def check_output(variant: Variant, output: OutputKind, layer: int, strip_cls: bool) -> None:
+    """Refuse combinations the variant cannot give, naming the flag to change."""
+    if output == "pooled" and not variant.attn_pool:
+        raise UsageError(f"{variant.name} has no attention pooler; use --output tokens")
+    if output == "pooled" and (layer != -1 or strip_cls):
+        raise UsageError("--layer and --strip-cls apply to --output tokens only")
+    if not -variant.layers <= layer < variant.layers:
+        raise UsageError(f"--layer {layer} is out of range for {variant.layers} blocks")
+    if strip_cls and not variant.cls_token:
+        raise UsageError(f"{variant.name} has no class token to strip")
+
+
+class OutputHead(torch.nn.Module):
+    """The chosen output of a PE tower as a one-input, one-output module."""
+
+    def __init__(self, model: PEVisionTower, output: OutputKind = "tokens", layer: int = -1, strip_cls: bool = False):
+        super().__init__()
+        check_output(model.variant, output, layer, strip_cls)
+        self.model = model
+        self.pooled = output == "pooled"
+        self.layer = layer
+        # ln_post belongs to the last block's output only
+        self.norm = layer % model.variant.layers == model.variant.layers - 1
+        self.strip_cls = strip_cls
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.pooled:
+            return self.model.forward_pooled(pixel_values)
+        return self.model.forward_features(
+            pixel_values, norm=self.norm, layer_idx=self.layer, strip_cls_token=self.strip_cls
+        )
