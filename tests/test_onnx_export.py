@@ -252,3 +252,14 @@ def test_unwritable_output_fails_before_loading(tmp_path):
     blocker.write_text("")
     with pytest.raises(UsageError, match="cannot create the output folder"):
         export_variant(SPATIAL, random_init=True, output=blocker / "sub" / "m.onnx")
+
+
+def test_nodes_are_named_after_their_modules(exports):
+    for case in ((SPATIAL, "trt11"), (SPATIAL, "jetson")):
+        names = [n.name for n in onnx.load(str(exports[case].path), load_external_data=False).graph.node]
+        assert len(names) == len(set(names))
+        assert "conv1/conv2d" in names
+        assert sum(n.startswith("transformer.resblocks.11.attn/rotary") for n in names) >= 2
+    # no machine-specific metadata (stack traces with local paths) in the artifact
+    model = onnx.load(str(exports[(SPATIAL, "trt11")].path), load_external_data=False)
+    assert not any(node.metadata_props for node in model.graph.node)

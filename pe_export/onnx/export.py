@@ -33,6 +33,7 @@ from pe_export.versions import versions
 
 INPUT_NAME = "pixel_values"
 MIN_OPSET = 17
+EXPORTER_OPSET = 18  # torch's exporter builds at 18 and up; lower opsets are converted after our passes
 # Past this, weights are streamed to `<file>.onnx.data` beside the graph. Protobuf caps a single
 # file at 2 GB, and a single-file save holds two extra copies of the weights in memory (the proto
 # and its serialized bytes): for L14 that is 4.8 GB peak instead of 1.5 GB.
@@ -253,11 +254,11 @@ def _save_onnx(head: OutputHead, variant: Variant, spec: ResolvedExport, staged:
     dynamic = None if spec.batch else {"pixel_values": {0: torch.export.Dim("batch", min=1, max=4096)}}
     with torch.no_grad(), _quiet():
         program = torch.onnx.export(
-            head, (example,), dynamo=True, opset_version=spec.opset, dynamic_shapes=dynamic,
+            head, (example,), dynamo=True, opset_version=max(spec.opset, EXPORTER_OPSET), dynamic_shapes=dynamic,
             input_names=[INPUT_NAME], output_names=[spec.output_name], optimize=True, verbose=False,
             custom_translation_table=translation_table(spec.rope, spec.attention),
         )
-    passes.apply_all(program.model)
+    passes.finish(program.model, spec.opset)
     weight_bytes = sum(p.numel() * p.element_size() for p in head.parameters())
     external = weight_bytes > EXTERNAL_DATA_BYTES
     program.save(staged, external_data=external)
