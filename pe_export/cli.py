@@ -193,6 +193,57 @@ def check(
     raise typer.Exit(1)
 
 
+@app.command()
+def quantize(
+    variant: VariantOpt,
+    precision: Annotated[str, typer.Option(help="fp16 or bf16 (mixed precision), int8 or fp8 (explicit Q/DQ from calibration).")],
+    checkpoint: CheckpointOpt = None,
+    random_init: RandomInitOpt = False,
+    seed: SeedOpt = 0,
+    profile: Annotated[Optional[str], typer.Option(help="A profile name (see `pe-export profiles`) or a YAML file.")] = None,
+    calib: Annotated[Optional[str], typer.Option(help="Calibration images: a folder, a glob ('photos/**/*.jpg') or 'synthetic'. Overrides the profile.")] = None,
+    samples: Annotated[Optional[int], typer.Option(help="Calibration sample count. Overrides the profile.", min=1)] = None,
+    output: Annotated[Optional[Path], typer.Option("--output-path", "-o", help="The .onnx to write. Default: beside the fp32 ONNX, named .<precision>.onnx")] = None,
+) -> None:
+    """Make an FP16/BF16 or INT8/FP8 ONNX from the fp32 export (made or reused), proven against torch fp32.
+
+    Example: pe-export quantize -v L14 --random-init --precision int8 --profile pe-lang-l14-datacenter --calib photos/
+    """
+    from pe_export.precision.quantize import quantize_variant
+
+    _require_one_source(checkpoint, random_init)
+    with console.status("checking the request") as status:
+        result = quantize_variant(variant, precision, checkpoint, random_init=random_init, seed=seed, profile=profile,
+                                  calib=calib, samples=samples, output=output, progress=status.update)
+    m, row = result.manifest, result.parity
+    console.print(f"[green]wrote[/] {result.path} ({precision}, Q/DQ nodes {m['qdq_nodes']['QuantizeLinear']}+"
+                  f"{m['qdq_nodes']['DequantizeLinear']}, {m['seconds']} s)")
+    if m["calibration"]:
+        c = m["calibration"]
+        console.print(f"calibration: {c['count']} samples from {c['source']} ({c['skipped']} unreadable skipped), "
+                      f"method {m['method']}")
+    if row.passed is None:
+        console.print(f"parity: {row.note}")
+    else:
+        console.print(f"parity vs torch fp32 (onnxruntime CPU): token cosine mean {row.cosine_mean:.5f} "
+                      f"(min {row.cosine_min:.5f}), max abs {row.max_abs:.3g}, threshold {row.threshold}")
+
+
+@app.command()
+def profiles() -> None:
+    """List the calibration profiles (profiles/*.yaml) with their variant, target and precisions."""
+    from pe_export.precision.profiles import load_profile, profile_files
+
+    table = Table(title="profiles")
+    for column in ("name", "variant", "target", "batch", "precisions", "file"):
+        table.add_column(column)
+    for path in profile_files():
+        p = load_profile(path)
+        table.add_row(p.name, p.variant, p.export.target, f"{p.batch.min}/{p.batch.opt}/{p.batch.max}",
+                      ", ".join(p.precisions), str(path))
+    console.print(table)
+
+
 def _csv(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 

@@ -150,3 +150,27 @@ def test_parity_with_wrong_weights_exits_1(capsys, monkeypatch, tmp_path):
 def test_harness_bad_input(capsys, args, message):
     code, _, err = run(capsys, *args)
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_profiles_and_quantize_commands(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("COLUMNS", "250")
+    code, out, _ = run(capsys, "profiles")
+    assert code == 0 and "pe-lang-l14-jetson-orin" in out and "jetson" in out
+    path = tmp_path / "sp.fp16.onnx"
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, "quantize", "-v", "PE-Spatial-T16-512", "-c", str(fixture_checkpoint("PE-Spatial-T16-512")),
+                       "--precision", "fp16", "-o", str(path))
+    assert code == 0 and f"wrote {path}" in out and "token cosine mean" in out and path.is_file()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["quantize", "-v", "L14", "--random-init", "--precision", "fp8", "--profile", "pe-lang-l14-cpu-edge"], "cannot run fp8"),
+        (["quantize", "-v", "L14", "--random-init", "--precision", "int8", "--profile", "nope"], "no profile named 'nope'"),
+        (["quantize", "-v", "PE-Spatial-T16-512", "--random-init", "--precision", "int8", "--calib", "/no/such"], "neither a folder"),
+    ],
+)
+def test_quantize_bad_input(capsys, args, message):
+    code, _, err = run(capsys, *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import gc
-import io
-import logging
 import resource
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -26,6 +22,7 @@ from pe_export.model import LoadedModel, load_model
 from pe_export.model.head import OutputHead, OutputKind, check_output
 from pe_export.onnx import passes
 from pe_export.onnx.lowering import FUSED_MIN_OPSET, Lowering, translation_table
+from pe_export.quiet import quiet
 from pe_export.onnx.targets import DEFAULT_TARGET, Target, get_target
 from pe_export.runners.onnxruntime import OrtRunner
 from pe_export.variants import Variant, get_variant
@@ -222,7 +219,12 @@ def ensure_onnx(
     spec = resolve(options, loaded.variant)
     path = Path(output) if output else default_output_path(loaded.variant, spec)
     manifest = artifacts.load_manifest(path)
-    if manifest and _same_export(manifest, loaded, spec) and artifacts.files_match(path, manifest):
+    if manifest and _same_export(manifest, loaded, spec):
+        if not artifacts.files_match(path, manifest):
+            raise UsageError(
+                f"{path} no longer matches its manifest (changed or incomplete since it was exported); "
+                "delete it and its manifest to export it again"
+            )
         progress(f"reusing {path}")
         return ExportResult(path, artifacts.manifest_path(path), manifest)
     return export_onnx(loaded, options, path, progress)
@@ -252,7 +254,7 @@ def _references(head: OutputHead, variant: Variant, spec: ResolvedExport) -> dic
 def _save_onnx(head: OutputHead, variant: Variant, spec: ResolvedExport, staged: Path) -> bool:
     example = parity_input(variant, spec.batch or 2)  # batch 2 keeps the dynamic dim from specializing to 1
     dynamic = None if spec.batch else {"pixel_values": {0: torch.export.Dim("batch", min=1, max=4096)}}
-    with torch.no_grad(), _quiet():
+    with torch.no_grad(), quiet("torch.onnx"):
         program = torch.onnx.export(
             head, (example,), dynamo=True, opset_version=max(spec.opset, EXPORTER_OPSET), dynamic_shapes=dynamic,
             input_names=[INPUT_NAME], output_names=[spec.output_name], optimize=True, verbose=False,
@@ -263,20 +265,6 @@ def _save_onnx(head: OutputHead, variant: Variant, spec: ResolvedExport, staged:
     external = weight_bytes > EXTERNAL_DATA_BYTES
     program.save(staged, external_data=external)
     return external
-
-
-@contextlib.contextmanager
-def _quiet():
-    """The exporter narrates its steps on stdout and warns about unrelated libraries; the CLI has its own progress."""
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logger = logging.getLogger("torch.onnx")
-        level = logger.level
-        logger.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            logger.setLevel(level)
 
 
 def _simplify(staged: Path) -> dict:

@@ -1,0 +1,105 @@
+"""Precision variants of one variant on onnxruntime CPU: file size, latency, parity, and the cost
+of making each (wall time and peak RSS of `pe-export quantize`, one fresh process each).
+
+    python benchmarks/precision_table.py --variant L14 --samples 32 --iters 5
+
+Latency is measured round-robin in one process at the same thread count, so the ratios to the
+fp32 ONNX are fair on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from pe_export.bench.latency import summarize, time_call
+from pe_export.bench.parity import synthetic_inputs
+from pe_export.runners.onnxruntime import OrtRunner
+from pe_export.variants import get_variant
+
+PRECISIONS = ("fp16", "bf16", "int8", "fp8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", default="L14")
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("artifacts/bench"))
+    args = parser.parse_args()
+    variant = get_variant(args.variant)
+    folder = args.out / f"precision-{variant.name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    profile = folder / "profile.yaml"
+    profile.write_text(yaml.safe_dump({
+        "name": "bench-cpu", "variant": variant.name, "export": {"target": "ort"},
+        "calibration": {"source": "synthetic", "samples": args.samples, "batch_size": 4, "method": "entropy"},
+        "quantization": {"int8": {"exclude": ["^conv1/"]}, "fp8": {"exclude": ["^conv1/"]}},
+    }))
+    fp32 = folder / f"{variant.name}.fp32.onnx"
+    cost = {"fp32": _run([sys.executable, "-m", "pe_export.cli", "onnx", "-v", variant.name, "--random-init",
+                          "--target", "ort", "-o", str(fp32)])}
+    paths = {"fp32": fp32}
+    for precision in PRECISIONS:
+        path = folder / f"{variant.name}.{precision}.onnx"
+        cost[precision] = _run([sys.executable, "-m", "pe_export.cli", "quantize", "-v", variant.name, "--random-init",
+                                "--precision", precision, "--profile", str(profile), "-o", str(path)])
+        paths[precision] = path
+
+    runnable = {p: path for p, path in paths.items() if p != "bf16" and path.exists()}
+    runners = {p: OrtRunner(path, threads=args.threads) for p, path in runnable.items()}
+    from pe_export.model import load_model
+
+    x = synthetic_inputs(load_model(variant, random_init=True), 1).batch
+    for runner in runners.values():
+        runner.run(x)
+    samples: dict[str, list[float]] = {p: [] for p in runners}
+    for _ in range(args.iters):
+        for p, runner in runners.items():
+            samples[p].append(time_call(lambda r=runner: r.run(x)))
+    stats = {p: summarize(s) for p, s in samples.items()}
+
+    rows = []
+    for p, path in paths.items():
+        manifest = json.loads(path.with_name(path.name + ".json").read_text()) if path.exists() else {}
+        parity = manifest.get("parity", {})
+        size = sum(f.stat().st_size for f in path.parent.glob(path.name + "*") if not f.name.endswith(".json"))
+        rows.append({
+            "precision": p, "file_mb": round(size / 2**20, 1), "p50_ms": stats[p].p50 if p in stats else None,
+            "ratio_vs_fp32": stats[p].p50 / stats["fp32"].p50 if p in stats else None,
+            "cosine_mean": parity.get("cosine_mean"), "cosine_min": parity.get("cosine_min"), "max_abs": parity.get("max_abs"),
+            "note": parity.get("note"), "make_seconds": cost[p]["seconds"],
+            "make_peak_rss_gb": round(manifest["peak_rss_mb"] / 1024, 2) if manifest else None, "ok": cost[p]["ok"],
+        })
+    (folder / "precision_table.json").write_text(json.dumps({"variant": variant.name, "threads": args.threads,
+                                                             "iters": args.iters, "rows": rows}, indent=2))
+    print(f"\n{variant.name}, onnxruntime CPU, batch 1, {args.threads} threads, {args.iters} timed runs; "
+          f"calibration {args.samples} synthetic samples\n")
+    print("| precision | file MB | p50 ms | vs fp32 ONNX | token cosine mean | min | max abs | make s | make peak RSS GB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
+        print(f"| {r['precision']} | {r['file_mb']} | {f(r['p50_ms'], '.0f')} | {f(r['ratio_vs_fp32'], '.2f')} | "
+              f"{f(r['cosine_mean'], '.5f') if r['note'] is None else r['note']} | {f(r['cosine_min'], '.5f')} | "
+              f"{f(r['max_abs'], '.3g')} | {r['make_seconds']} | {r['make_peak_rss_gb']} |")
+
+
+def _run(command: list[str]) -> dict:
+    """Run one CLI step in its own process; its wall time (its peak RSS is in the artifact's manifest)."""
+    start = time.perf_counter()
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode:
+        print(f"{' '.join(command[3:])} failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+    return {"seconds": round(time.perf_counter() - start, 1), "ok": done.returncode == 0}
+
+
+if __name__ == "__main__":
+    main()

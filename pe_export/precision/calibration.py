@@ -1,0 +1,73 @@
+"""Calibration data: real images preprocessed exactly as at inference, or seeded synthetic inputs."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pe_export.errors import UsageError
+from pe_export.model.preprocess import IMAGE_SUFFIXES, preprocess
+
+SYNTHETIC = "synthetic"
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    batch: np.ndarray  # (N, 3, S, S) float32
+    source: str
+    files: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # unreadable images, never dropped silently
+    sha256: str = ""
+
+    def describe(self) -> dict:
+        return {"source": self.source, "count": len(self.batch), "files": len(self.files),
+                "skipped": len(self.skipped), "skipped_files": self.skipped[:20], "sha256": self.sha256}
+
+
+def image_files(source: str) -> list[Path]:
+    """Images in a folder (recursively) or matching a glob, in a stable order."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        candidates = path.rglob("*")
+    elif any(ch in source for ch in "*?["):
+        candidates = (Path(p) for p in glob.glob(str(path), recursive=True))
+    else:
+        raise UsageError(f"calibration source {source!r} is neither a folder, a glob nor 'synthetic'")
+    return sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_calibration(source: str, samples: int, size: int, seed: int = 0, allow_fewer: bool = False) -> CalibrationSet:
+    """`samples` inputs of `size` x `size` from `source`; fewer usable images than asked is an error unless allowed."""
+    if source == SYNTHETIC:
+        rng = np.random.default_rng(seed + 100)  # apart from the parity inputs' seeds
+        batch = (rng.random((samples, 3, size, size), dtype=np.float32) * 2 - 1).astype(np.float32)
+        return CalibrationSet(batch, SYNTHETIC, sha256=hashlib.sha256(batch.tobytes()).hexdigest())
+    files = image_files(source)
+    if not files:
+        raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in calibration source {source!r}")
+    random.Random(seed).shuffle(files)
+    images, used, skipped = [], [], []
+    digest = hashlib.sha256()
+    for path in files:
+        if len(images) == samples:
+            break
+        try:
+            images.append(preprocess(path, size).numpy())
+        except UsageError:
+            skipped.append(str(path))
+            continue
+        used.append(str(path))
+        digest.update(path.read_bytes())
+    if len(images) < samples and not allow_fewer:
+        raise UsageError(
+            f"only {len(images)} usable images in {source!r} for {samples} samples ({len(skipped)} unreadable); "
+            "add images, lower --samples, or set calibration.allow_fewer in the profile"
+        )
+    if not images:
+        raise UsageError(f"none of the {len(skipped)} images in {source!r} could be read")
+    return CalibrationSet(np.stack(images), source, used, skipped, digest.hexdigest())

@@ -1,0 +1,146 @@
+"""`pe-export quantize`: a precision variant of the fp32 ONNX, calibrated per profile and proven on
+onnxruntime CPU against the torch fp32 model before it takes its normal name."""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from pe_export import artifacts
+from pe_export.bench.parity import parity_rows, synthetic_inputs
+from pe_export.bench.report import ParityRow
+from pe_export.errors import PeExportError, UsageError
+from pe_export.model import LoadedModel, load_model
+from pe_export.onnx.export import EXTERNAL_DATA_BYTES, INPUT_NAME, ExportOptions, ExportResult, ensure_onnx
+from pe_export.precision import convert
+from pe_export.precision.calibration import CalibrationSet, load_calibration
+from pe_export.precision.profiles import Profile, default_profile, find_profile
+from pe_export.variants import Variant, get_variant
+from pe_export.versions import versions
+
+PRECISIONS = ("fp16", "bf16", "int8", "fp8")
+PARITY_SAMPLES = 4
+
+
+@dataclass(frozen=True)
+class PrecisionResult:
+    path: Path
+    manifest: dict
+    parity: ParityRow
+
+
+def export_options(profile: Profile) -> ExportOptions:
+    e = profile.export
+    return ExportOptions(target=e.target, opset=e.opset, rope=e.rope, attention=e.attention, output=e.output)
+
+
+def precision_path(fp32: Path, precision: str) -> Path:
+    return fp32.with_name(f"{fp32.stem}.{precision}.onnx")
+
+
+def quantize_variant(
+    variant: str | Variant,
+    precision: str,
+    checkpoint: str | Path | None = None,
+    *,
+    random_init: bool = False,
+    seed: int = 0,
+    profile: str | Path | None = None,
+    calib: str | None = None,
+    samples: int | None = None,
+    output: Path | None = None,
+    progress: Callable[[str], None] = lambda step: None,
+) -> PrecisionResult:
+    """Check the request, read the calibration set, load weights, then make and prove the artifact."""
+    variant = get_variant(variant)
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    chosen = find_profile(profile) if profile else default_profile(variant.name)
+    if chosen.variant != variant.name:
+        raise UsageError(f"profile {chosen.name} is for {chosen.variant}, not {variant.name}")
+    chosen.require(precision)
+    calibration = None
+    if precision in ("int8", "fp8"):
+        c = chosen.calibration
+        progress("reading calibration images")
+        calibration = load_calibration(calib or c.source, samples or c.samples, variant.image_size, c.seed, c.allow_fewer)
+    if output:
+        artifacts.prepare_destination(Path(output))
+    progress("loading weights")
+    loaded = load_model(variant, checkpoint, random_init=random_init, seed=seed)
+    return make_precision(loaded, precision, chosen, calibration, output, progress)
+
+
+def make_precision(
+    loaded: LoadedModel,
+    precision: str,
+    profile: Profile,
+    calibration: CalibrationSet | None,
+    output: Path | None = None,
+    progress: Callable[[str], None] = lambda step: None,
+) -> PrecisionResult:
+    start = time.perf_counter()
+    fp32 = ensure_onnx(loaded, export_options(profile), progress=progress)
+    path = Path(output) if output else precision_path(fp32.path, precision)
+    artifacts.prepare_destination(path)
+    external = fp32.manifest["external_data"] or fp32.path.stat().st_size > EXTERNAL_DATA_BYTES
+    with artifacts.staging(path) as scratch:
+        staged = scratch / path.name
+        progress(f"making {precision} from {fp32.path.name}")
+        _convert(fp32, staged, precision, profile, calibration, external)
+        model_files = [staged, *([scratch / f"{path.name}.data"] if external else [])]
+        manifest = _manifest(loaded, fp32, precision, profile, calibration, staged)
+        manifest_file = scratch / artifacts.manifest_path(path).name
+        artifacts.write_json(manifest_file, manifest)  # parity reads the artifact's options from it
+        progress(f"proving {precision} parity on onnxruntime CPU")
+        inputs = synthetic_inputs(loaded, PARITY_SAMPLES)
+        row = next(parity_rows(loaded, [staged], inputs, {precision: profile.threshold(precision)}))
+        manifest.update(parity={**row.model_dump(), "inputs": "synthetic, seed 1 (apart from calibration)"},
+                        seconds=round(time.perf_counter() - start, 1), files=artifacts.file_digests(model_files),
+                        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+        artifacts.write_json(manifest_file, manifest)
+        if row.passed is False:
+            # kept for inspection in a folder of its own, under its normal file names (external data
+            # references stay valid), never at the path users and later stages read
+            rejected = path.parent / f"{path.name}.rejected"
+            rejected.mkdir(exist_ok=True)
+            artifacts.publish([*model_files, manifest_file], rejected / path.name)
+            raise PeExportError(
+                f"{precision} misses its parity threshold: token cosine mean {row.cosine_mean:.5f} < {row.threshold} "
+                f"(min {row.cosine_min:.5f}, max abs {row.max_abs:.3g}); kept for inspection in {rejected}/, "
+                "not under its normal name"
+            )
+        artifacts.publish([*model_files, manifest_file], path)
+    return PrecisionResult(path, manifest, row)
+
+
+def _convert(fp32: ExportResult, staged: Path, precision: str, profile: Profile, calibration, external: bool) -> None:
+    if precision in ("fp16", "bf16"):
+        convert.mixed_precision(fp32.path, staged, precision, getattr(profile.quantization, precision), external)
+    else:
+        convert.quantize_qdq(fp32.path, staged, precision, getattr(profile.quantization, precision), calibration.batch,
+                             profile.calibration.batch_size, profile.calibration.method, INPUT_NAME, external)
+
+
+def _manifest(loaded, fp32: ExportResult, precision, profile: Profile, calibration, staged: Path) -> dict:
+    section = getattr(profile.quantization, precision)
+    return {
+        "kind": "onnx",
+        "variant": loaded.variant.name,
+        "precision": precision,
+        "weights": loaded.source.as_dict(),
+        "options": fp32.manifest["options"],
+        "source_onnx": {"path": str(fp32.path), "sha256": fp32.manifest["files"][fp32.path.name]["sha256"]},
+        "profile": {"name": profile.name, "path": str(profile.path) if profile.path else None},
+        "method": profile.calibration.method if calibration is not None else "autocast",
+        "exclusions": section.model_dump(),
+        "calibration": calibration.describe() if calibration is not None else None,
+        "qdq_nodes": convert.qdq_count(staged),
+        "inputs": fp32.manifest["inputs"],
+        "outputs": fp32.manifest["outputs"],
+        "external_data": fp32.manifest["external_data"],
+        "versions": versions(("pe-export", "torch", "onnx", "onnxruntime", "nvidia-modelopt")),
+    }

@@ -1,0 +1,233 @@
+"""Precision variants on the T16 fixture: profiles, calibration data, each precision, reuse and refusal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from pe_export.errors import PeExportError, UsageError
+from pe_export.model import load_model
+from pe_export.onnx.export import ExportOptions, ensure_onnx
+from pe_export.precision.calibration import load_calibration
+from pe_export.precision.profiles import find_profile, load_profile, profile_files
+from pe_export.precision.quantize import make_precision, quantize_variant
+from pe_export.runners.onnxruntime import OrtRunner
+from tests.conftest import fixture_checkpoint, fixture_outputs
+
+SPATIAL = "PE-Spatial-T16-512"
+
+
+def _profile(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# ---- profiles ------------------------------------------------------------------------------------
+
+def test_shipped_profiles_are_valid_and_found_by_name():
+    names = {load_profile(p).name for p in profile_files()}
+    assert names >= {"pe-lang-l14-datacenter", "pe-lang-g14-datacenter", "pe-core-l14-336-datacenter",
+                     "pe-lang-l14-jetson-orin", "pe-lang-l14-cpu-edge"}
+    jetson = find_profile("pe-lang-l14-jetson-orin")
+    assert (jetson.export.target, jetson.export.opset, jetson.batch.max) == ("jetson", 17, 1)
+    assert "fp8" not in jetson.precisions and find_profile("pe-lang-l14-cpu-edge").tensorrt is None
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name: x\nvariant: L14\nexport:\n  target: trt11\n   opset: 17\n", r"p.yaml:5: malformed YAML: mapping values"),
+        ("name: x\nvariant: L14\ncalibration:\n  samples: 4\n  sample_count: 3\n", r"p.yaml:5: field 'calibration.sample_count': unknown field"),
+        ("name: x\nvariant: L14\ncalibration:\n  samples: many\n", r"p.yaml:4: field 'calibration.samples': Input should be a valid integer"),
+        ("name: x\nvariant: L41\n", r"p.yaml:2: field 'variant': unknown variant 'L41'"),
+        ("name: x\nvariant: L14\nexport:\n  target: trt9\n", r"p.yaml:4: field 'export.target': unknown target 'trt9'"),
+        ("name: x\nvariant: L14\nbatch: {min: 4, opt: 2, max: 8}\n", r"p.yaml:3: field 'batch': needs min <= opt <= max"),
+        ("name: x\nvariant: L14\nprecisions: [fp32, int4]\n", r"p.yaml:3: field 'precisions.1'"),
+        ("- just\n- a list\n", r"a profile is a YAML mapping"),
+    ],
+)
+def test_profile_errors_name_file_line_and_field(tmp_path, text, message):
+    with pytest.raises(UsageError, match=message):
+        load_profile(_profile(tmp_path, text))
+
+
+def test_unknown_profile_name_lists_the_known_ones():
+    with pytest.raises(UsageError, match="no profile named 'nope'; known profiles: .*pe-lang-l14-datacenter"):
+        find_profile("nope")
+
+
+# ---- calibration data -----------------------------------------------------------------------------
+
+@pytest.fixture()
+def image_folder(tmp_path):
+    folder = tmp_path / "calib"
+    (folder / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(folder / ("sub" if i else ".") / f"img{i}.png")
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    (folder / "readme.txt").write_text("ignored: not an image")
+    return folder
+
+
+def test_calibration_folder_counts_unreadable_images(image_folder):
+    calib = load_calibration(str(image_folder), 3, 32)
+    assert calib.batch.shape == (3, 3, 32, 32) and calib.batch.dtype == np.float32
+    assert len(calib.files) == 3 and calib.skipped == [str(image_folder / "broken.jpg")]
+    assert calib.describe()["skipped"] == 1 and len(calib.sha256) == 64
+
+
+def test_too_few_images_is_an_error_unless_allowed(image_folder):
+    with pytest.raises(UsageError, match=r"only 3 usable images .* for 4 samples \(1 unreadable\)"):
+        load_calibration(str(image_folder), 4, 32)
+    assert len(load_calibration(str(image_folder), 4, 32, allow_fewer=True).batch) == 3
+
+
+def test_calibration_glob_and_bad_sources(image_folder, tmp_path):
+    assert len(load_calibration(f"{image_folder}/**/*.png", 3, 16).batch) == 3
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="no images"):
+        load_calibration(str(tmp_path / "empty"), 2, 16)
+    with pytest.raises(UsageError, match="neither a folder, a glob nor 'synthetic'"):
+        load_calibration(str(tmp_path / "missing"), 2, 16)
+
+
+def test_synthetic_calibration_is_seeded():
+    a, b = load_calibration("synthetic", 2, 16, seed=1), load_calibration("synthetic", 2, 16, seed=1)
+    assert np.array_equal(a.batch, b.batch) and a.sha256 == b.sha256
+    assert not np.array_equal(a.batch, load_calibration("synthetic", 2, 16, seed=2).batch)
+
+
+# ---- precision artifacts ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def spatial():
+    return load_model(SPATIAL, fixture_checkpoint(SPATIAL))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("precision")
+
+
+@pytest.fixture(scope="module")
+def profile(workdir):
+    return load_profile(_profile(workdir, f"""
+name: t16-test
+variant: {SPATIAL}
+calibration: {{source: synthetic, samples: 8, batch_size: 4}}
+quantization:
+  int8: {{exclude: ['^conv1/']}}
+"""))
+
+
+@pytest.fixture(scope="module")
+def made(spatial, profile, workdir, tmp_path_factory):
+    import os
+
+    os.chdir(workdir)  # artifacts/ lands in the module's scratch folder
+    results = {}
+    for precision in ("fp16", "bf16", "int8", "fp8"):
+        calib = load_calibration("synthetic", 8, 512) if precision in ("int8", "fp8") else None
+        results[precision] = make_precision(spatial, precision, profile, calib)
+    return results
+
+
+def _ops(path):
+    return [n for n in onnx.load(str(path), load_external_data=False).graph.node]
+
+
+def test_fp16_keeps_layernorm_softmax_and_rope_in_fp32(made):
+    result = made["fp16"]
+    model = onnx.load(str(result.path))
+    assert result.manifest["qdq_nodes"] == {"QuantizeLinear": 0, "DequantizeLinear": 0}
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 I/O
+    fp16_weights = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+    assert len(fp16_weights) >= 48  # every block's MatMul weights
+    rope = [i for i in model.graph.initializer if "rope" in i.name]
+    assert rope and all(i.data_type == onnx.TensorProto.FLOAT for i in rope)
+    assert result.parity.passed and result.parity.cosine_mean >= 0.999
+
+
+def test_bf16_is_made_but_not_scored_on_cpu(made):
+    row = made["bf16"].parity
+    assert made["bf16"].path.is_file() and row.passed is None and row.cosine_mean is None
+    assert row.note == "bf16 cannot run on onnxruntime CPU"
+
+
+@pytest.mark.parametrize("precision, zero_point_type", [("int8", onnx.TensorProto.INT8), ("fp8", onnx.TensorProto.FLOAT8E4M3FN)])
+def test_int8_and_fp8_have_qdq_where_expected(made, precision, zero_point_type):
+    result = made[precision]
+    nodes = _ops(result.path)
+    quants = [n for n in nodes if n.op_type == "QuantizeLinear"]
+    assert result.manifest["qdq_nodes"]["QuantizeLinear"] == len(quants) > 0
+    model = onnx.load(str(result.path))
+    inits = {i.name: i for i in model.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in quants if len(n.input) > 2 and n.input[2] in inits]
+    assert zero_points and all(z.data_type == zero_point_type for z in zero_points)
+    # every MatMul of the blocks is fed by a DequantizeLinear; the excluded patch embedding is not
+    producers = {out: n for n in nodes for out in n.output}
+    matmuls = [n for n in nodes if n.op_type == "MatMul" and n.name.startswith("transformer.")]
+    assert matmuls and all(producers[n.input[0]].op_type == "DequantizeLinear" for n in matmuls)
+    conv = next(n for n in nodes if n.op_type == "Conv")
+    assert producers.get(conv.input[0]) is None or producers[conv.input[0]].op_type != "DequantizeLinear"
+    assert result.parity.passed and result.parity.cosine_mean >= 0.99
+    assert result.manifest["calibration"]["count"] == 8 and result.manifest["method"] == "entropy"
+
+
+def test_precision_artifact_matches_the_fixture(made):
+    data = fixture_outputs(SPATIAL)
+    out = OrtRunner(made["int8"].path).run(data["input"])
+    ref = data["forward"].reshape(-1, data["forward"].shape[-1])
+    got = out.reshape(ref.shape)
+    cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
+    assert cos.mean() >= 0.99
+
+
+def test_matching_fp32_onnx_is_reused_and_a_stale_one_refused(spatial, profile, made):
+    from pe_export.precision.quantize import export_options
+
+    fp32 = ensure_onnx(spatial, export_options(profile))
+    before = fp32.path.stat().st_mtime_ns
+    again = ensure_onnx(spatial, export_options(profile))
+    assert again.path == fp32.path and fp32.path.stat().st_mtime_ns == before
+    data = bytearray(fp32.path.read_bytes())
+    data[-10] ^= 0xFF
+    fp32.path.write_bytes(bytes(data))
+    with pytest.raises(UsageError, match="no longer matches its manifest"):
+        make_precision(spatial, "fp16", profile, None)
+
+
+def test_threshold_miss_is_not_left_under_its_name(spatial, workdir, tmp_path):
+    strict = load_profile(_profile(tmp_path, f"""
+name: strict
+variant: {SPATIAL}
+export: {{target: jetson}}
+calibration: {{samples: 4}}
+parity: {{int8: 0.9999999}}
+"""))
+    path = tmp_path / "out" / "m.int8.onnx"
+    with pytest.raises(PeExportError, match=r"int8 misses its parity threshold: token cosine mean 0\.9\d+ < 0\.9999999"):
+        make_precision(spatial, "int8", strict, load_calibration("synthetic", 4, 512), path)
+    assert not path.exists()
+    assert (tmp_path / "out" / "m.int8.onnx.rejected" / "m.int8.onnx").is_file()
+
+
+def test_request_errors_come_before_loading(monkeypatch, tmp_path):
+    import pe_export.precision.quantize as module
+
+    monkeypatch.setattr(module, "load_model", lambda *a, **k: pytest.fail("loaded weights before checking the request"))
+    with pytest.raises(UsageError, match="cannot run fp8"):
+        quantize_variant("L14", "fp8", random_init=True, profile="pe-lang-l14-cpu-edge")
+    with pytest.raises(UsageError, match="is for PE-Lang-L14-448, not PE-Spatial-T16-512"):
+        quantize_variant(SPATIAL, "int8", random_init=True, profile="pe-lang-l14-datacenter")
+    with pytest.raises(UsageError, match="unknown precision 'int4'"):
+        quantize_variant(SPATIAL, "int4", random_init=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="no images"):
+        quantize_variant(SPATIAL, "int8", random_init=True, calib=str(tmp_path / "empty"))
