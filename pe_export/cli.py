@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -229,6 +230,74 @@ def quantize(
                       f"(min {row.cosine_min:.5f}), max abs {row.max_abs:.3g}, threshold {row.threshold}")
 
 
+class TrtPrecision(str, Enum):
+    fp16 = "fp16"
+    bf16 = "bf16"
+    int8 = "int8"
+    fp8 = "fp8"
+    fp32 = "fp32"
+
+
+def _batch_range(value: Optional[str]) -> dict:
+    if not value:
+        return {}
+    parts = value.split(":")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise typer.BadParameter("use MIN:OPT:MAX, e.g. 1:8:32")
+    low, opt, high = map(int, parts)
+    return {"batch_min": low, "batch_opt": opt, "batch_max": high}
+
+
+@app.command()
+def trt(
+    variant: VariantOpt,
+    fp16: Annotated[bool, typer.Option("--fp16", help="FP16 mixed precision (the default).")] = False,
+    bf16: Annotated[bool, typer.Option("--bf16", help="BF16 mixed precision.")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="INT8 explicit Q/DQ from the profile's calibration.")] = False,
+    fp8: Annotated[bool, typer.Option("--fp8", help="FP8 explicit Q/DQ (Ada, Hopper and later).")] = False,
+    fp32: Annotated[bool, typer.Option("--fp32", help="Full fp32.")] = False,
+    profile: Annotated[Optional[str], typer.Option(help="Profile name or YAML file: export options, calibration, TensorRT settings.")] = None,
+    checkpoint: CheckpointOpt = None,
+    random_init: RandomInitOpt = False,
+    seed: SeedOpt = 0,
+    output: Annotated[Optional[Path], typer.Option("--output-path", "-o", help="The engine file. Default: beside its ONNX, .engine")] = None,
+    batch: Annotated[Optional[str], typer.Option(help="Optimization profile MIN:OPT:MAX, e.g. 1:8:32. Default: the profile's.")] = None,
+    workspace: Annotated[Optional[float], typer.Option(help="Workspace limit in GiB.")] = None,
+    opt_level: Annotated[Optional[int], typer.Option(help="Builder optimization level 0-5.", min=0, max=5)] = None,
+    timing_cache: Annotated[Optional[Path], typer.Option(help="Timing cache to load and save (faster rebuilds).")] = None,
+    hardware_compat: Annotated[Optional[str], typer.Option(help="'ampere+' for an engine that runs on any Ampere or newer GPU.")] = None,
+    version_compatible: Annotated[bool, typer.Option("--version-compatible", help="An engine later TensorRT versions can load.")] = False,
+    dla_core: Annotated[Optional[int], typer.Option(help="Jetson: run on this DLA core with GPU fallback.", min=0)] = None,
+    calib: Annotated[Optional[str], typer.Option(help="Calibration images for --int8/--fp8 (folder, glob or 'synthetic').")] = None,
+) -> None:
+    """Build a strongly typed TensorRT engine; its precision comes from the ONNX graph.
+
+    --int8 means: make (or reuse) the INT8 Q/DQ ONNX from the profile's calibration, then build.
+    Without TensorRT or a GPU: one line saying what is missing, exit code 3, nothing written.
+
+    Example: pe-export trt -v L14 --checkpoint PE-Lang-L14-448.pt --int8 --profile pe-lang-l14-datacenter
+    """
+    from pe_export.errors import UsageError
+    from pe_export.trt.engine import trt_variant
+
+    chosen = [name for name, on in (("fp16", fp16), ("bf16", bf16), ("int8", int8), ("fp8", fp8), ("fp32", fp32)) if on]
+    if len(chosen) > 1:
+        raise UsageError(f"choose one precision, not {' and '.join('--' + c for c in chosen)}")
+    if hardware_compat not in (None, "none", "ampere+"):
+        raise UsageError("--hardware-compat takes 'ampere+' (or 'none')")
+    _require_one_source(checkpoint, random_init)
+    with console.status("checking TensorRT and the GPU") as status:
+        result = trt_variant(
+            variant, chosen[0] if chosen else "fp16", checkpoint, random_init=random_init, seed=seed, profile=profile,
+            output=output, calib=calib, progress=status.update, workspace_gib=workspace, opt_level=opt_level,
+            timing_cache=timing_cache, hardware_compat=hardware_compat,
+            version_compatible=version_compatible or None, dla_core=dla_core, **_batch_range(batch),
+        )
+    m = result.metadata
+    console.print(f"[green]wrote[/] {result.path} ({m['precision']}, {m['engine_bytes'] / 2**20:.1f} MiB, "
+                  f"TensorRT {m['tensorrt']}, {m['gpu']['name']}, {m['build_seconds']} s)")
+
+
 @app.command()
 def profiles() -> None:
     """List the calibration profiles (profiles/*.yaml) with their variant, target and precisions."""
@@ -398,7 +467,7 @@ def main(argv: list[str] | None = None) -> None:
     except PeExportError as exc:
         if "--debug" in args:
             raise
-        err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]")

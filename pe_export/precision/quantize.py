@@ -74,6 +74,34 @@ def quantize_variant(
     return make_precision(loaded, precision, chosen, calibration, output, progress)
 
 
+def ensure_precision(
+    loaded: LoadedModel,
+    precision: str,
+    profile: Profile,
+    calibration: Callable[[], CalibrationSet | None],
+    output: Path | None = None,
+    progress: Callable[[str], None] = lambda step: None,
+) -> PrecisionResult:
+    """The precision ONNX for this fp32 export and profile: reused when its manifest matches, else made.
+
+    `calibration` is called only when a new int8/fp8 artifact has to be made.
+    """
+    fp32 = ensure_onnx(loaded, export_options(profile), progress=progress)
+    path = Path(output) if output else precision_path(fp32.path, precision)
+    manifest = artifacts.load_manifest(path)
+    same = manifest is not None and (
+        manifest.get("precision") == precision
+        and manifest.get("source_onnx", {}).get("sha256") == fp32.manifest["files"][fp32.path.name]["sha256"]
+        and manifest.get("profile", {}).get("name") == profile.name
+        and manifest.get("exclusions") == getattr(profile.quantization, precision).model_dump()
+    )
+    if same and artifacts.files_match(path, manifest):
+        progress(f"reusing {path}")
+        parity = {k: v for k, v in manifest["parity"].items() if k in ParityRow.model_fields}
+        return PrecisionResult(path, manifest, ParityRow(**parity))
+    return make_precision(loaded, precision, profile, calibration(), output, progress)
+
+
 def make_precision(
     loaded: LoadedModel,
     precision: str,

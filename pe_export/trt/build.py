@@ -1,0 +1,172 @@
+"""Building a strongly typed TensorRT engine from an ONNX file whose graph carries its precision.
+
+TensorRT 11 removed BuilderFlag.FP16/INT8/FP8/BF16 and INT8 calibrators, and 10.x deprecated
+them: the builder here never sets them. On 10.x the network is created with the STRONGLY_TYPED
+flag; on 11.x strong typing is the only mode.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Callable, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pe_export import artifacts
+from pe_export.errors import PeExportError, UsageError
+from pe_export.trt.env import Gpu, current_gpu, import_tensorrt, trt_major
+
+
+class BuildSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    precision: Literal["fp32", "fp16", "bf16", "int8", "fp8"] = "fp16"
+    batch_min: int = Field(1, ge=1)
+    batch_opt: int = Field(1, ge=1)
+    batch_max: int = Field(1, ge=1)
+    workspace_gib: float = Field(4.0, gt=0)
+    opt_level: int = Field(3, ge=0, le=5)
+    timing_cache: Optional[Path] = None
+    hardware_compat: Literal["none", "ampere+"] = "none"
+    version_compatible: bool = False
+    dla_core: Optional[int] = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "BuildSettings":
+        if not self.batch_min <= self.batch_opt <= self.batch_max:
+            raise ValueError(f"--batch needs MIN <= OPT <= MAX, got {self.batch_min}:{self.batch_opt}:{self.batch_max}")
+        return self
+
+    @property
+    def portable(self) -> bool:
+        return self.hardware_compat != "none" or self.version_compatible
+
+    def recorded(self) -> dict:
+        data = self.model_dump(mode="json")
+        data["timing_cache"] = str(self.timing_cache) if self.timing_cache else None
+        return data
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    path: Path
+    metadata: dict
+
+
+def metadata_path(engine: Path) -> Path:
+    return artifacts.manifest_path(engine)
+
+
+def build_engine(
+    onnx_path: Path,
+    settings: BuildSettings,
+    engine_path: Path,
+    trt: ModuleType | None = None,
+    gpu: Gpu | None = None,
+    progress: Callable[[str], None] = lambda step: None,
+) -> EngineResult:
+    """Parse `onnx_path` from its file (so external data is found), build, and write the engine
+    with its metadata JSON atomically. The timing cache is loaded and saved when one is named."""
+    trt = trt or import_tensorrt()
+    gpu = gpu or current_gpu()
+    artifacts.prepare_destination(engine_path)
+    start = time.perf_counter()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(_network_flags(trt))
+    parser = trt.OnnxParser(network, logger)
+    progress(f"parsing {onnx_path.name}")
+    if not parser.parse_from_file(str(onnx_path)):
+        raise PeExportError(f"TensorRT could not parse {onnx_path.name}: " + "; ".join(_parser_errors(parser)))
+    config = builder.create_builder_config()
+    _configure(trt, builder, network, config, settings)
+    progress(f"building the {settings.precision} engine (TensorRT {trt.__version__}, {gpu.name})")
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise PeExportError("TensorRT could not build the engine (see its log above); nothing was written")
+    engine_bytes = bytes(serialized)
+    metadata = {
+        "kind": "tensorrt-engine",
+        "tensorrt": str(trt.__version__),
+        "gpu": {"name": gpu.name, "compute_capability": gpu.sm},
+        "precision": settings.precision,
+        "settings": settings.recorded(),
+        "onnx": {"path": str(onnx_path), "sha256": artifacts.file_sha256(onnx_path)},
+        "build_seconds": round(time.perf_counter() - start, 1),
+        "engine_bytes": len(engine_bytes),
+        "inputs": [_io(network.get_input(i)) for i in range(network.num_inputs)],
+        "outputs": [_io(network.get_output(i)) for i in range(network.num_outputs)],
+    }
+    with artifacts.staging(engine_path) as scratch:
+        staged = scratch / engine_path.name
+        staged.write_bytes(engine_bytes)
+        metadata["files"] = artifacts.file_digests([staged])
+        manifest = scratch / metadata_path(engine_path).name
+        artifacts.write_json(manifest, {**metadata, "options": _source_options(onnx_path)})
+        if settings.timing_cache:
+            _save_timing_cache(config, settings.timing_cache)
+        artifacts.publish([staged, manifest], engine_path)
+    return EngineResult(engine_path, json.loads(metadata_path(engine_path).read_text()))
+
+
+def _network_flags(trt: ModuleType) -> int:
+    if trt_major(trt) >= 11:
+        return 0  # strongly typed is the only mode; the old flag is deprecated and ignored
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+def _parser_errors(parser, first: int = 5) -> list[str]:
+    errors = []
+    for i in range(parser.num_errors):
+        error = parser.get_error(i)
+        where = error.node_name() or f"node {error.node()}"
+        errors.append(f"{where} ({error.node_operator()}): {error.desc()}")
+    shown = errors[:first]
+    return shown + ([f"and {len(errors) - first} more"] if len(errors) > first else [])
+
+
+def _configure(trt: ModuleType, builder, network, config, settings: BuildSettings) -> None:
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(settings.workspace_gib * 2**30))
+    config.builder_optimization_level = settings.opt_level
+    if settings.timing_cache:
+        cached = settings.timing_cache.read_bytes() if settings.timing_cache.is_file() else b""
+        config.set_timing_cache(config.create_timing_cache(cached), False)
+    if settings.hardware_compat == "ampere+":
+        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+    if settings.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if settings.dla_core is not None:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = settings.dla_core
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        shape = tuple(tensor.shape)
+        dynamic = shape[0] == -1
+        if not dynamic and not settings.batch_min == settings.batch_max == shape[0]:
+            raise UsageError(f"this ONNX has a static batch of {shape[0]}; use --batch {shape[0]}:{shape[0]}:{shape[0]}")
+        rest = shape[1:]
+        profile.set_shape(tensor.name, (settings.batch_min, *rest), (settings.batch_opt, *rest), (settings.batch_max, *rest))
+    config.add_optimization_profile(profile)
+
+
+def _save_timing_cache(config, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_name(f".{path.name}.partial")
+    staged.write_bytes(bytes(config.get_timing_cache().serialize()))
+    staged.replace(path)
+
+
+def _io(tensor) -> dict:
+    return {"name": tensor.name, "shape": [int(d) for d in tensor.shape], "dtype": str(tensor.dtype).rsplit(".", 1)[-1]}
+
+
+def _source_options(onnx_path: Path) -> dict:
+    """The ONNX manifest's output options, so parity compares the engine with the right torch output."""
+    manifest = artifacts.load_manifest(onnx_path) or {}
+    return manifest.get("options", {})

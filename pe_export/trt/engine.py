@@ -1,0 +1,111 @@
+"""`pe-export trt`: the ONNX of a precision (made or reused through the earlier stages), then its engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from pe_export import artifacts
+from pe_export.errors import UsageError
+from pe_export.model import LoadedModel, load_model
+from pe_export.precision.calibration import load_calibration
+from pe_export.precision.profiles import Profile, default_profile, find_profile
+from pe_export.precision.quantize import ensure_precision, export_options
+from pe_export.onnx.export import ensure_onnx
+from pe_export.trt.build import BuildSettings, EngineResult, build_engine
+from pe_export.trt.env import Gpu, current_gpu, import_tensorrt
+from pe_export.variants import Variant, get_variant
+
+
+def build_settings(profile: Profile, precision: str, **overrides) -> BuildSettings:
+    """The profile's TensorRT section and batch range, with the options the user gave on top."""
+    section = profile.tensorrt.model_dump() if profile.tensorrt else {}
+    base = {
+        "precision": precision, "batch_min": profile.batch.min, "batch_opt": profile.batch.opt, "batch_max": profile.batch.max,
+        "workspace_gib": section.get("workspace_gib", 4.0), "opt_level": section.get("opt_level", 3),
+        "timing_cache": section.get("timing_cache"), "hardware_compat": section.get("hardware_compat", "none"),
+        "version_compatible": section.get("version_compatible", False), "dla_core": section.get("dla_core"),
+    }
+    try:
+        return BuildSettings(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+    except ValueError as exc:
+        raise UsageError(f"bad TensorRT settings: {exc.errors()[0]['msg'].removeprefix('Value error, ') if hasattr(exc, 'errors') else exc}") from None
+
+
+def precision_onnx(loaded: LoadedModel, precision: str, profile: Profile, calib: str | None = None,
+                   samples: int | None = None, progress: Callable[[str], None] = lambda s: None) -> Path:
+    if precision == "fp32":
+        return ensure_onnx(loaded, export_options(profile), progress=progress).path
+    c = profile.calibration
+    calibration = lambda: (  # noqa: E731 - read only if a new int8/fp8 artifact is made
+        load_calibration(calib or c.source, samples or c.samples, loaded.variant.image_size, c.seed, c.allow_fewer)
+        if precision in ("int8", "fp8") else None
+    )
+    return ensure_precision(loaded, precision, profile, calibration, progress=progress).path
+
+
+def ensure_engine(onnx_path: Path, settings: BuildSettings, engine_path: Path | None = None, trt=None,
+                  gpu: Gpu | None = None, progress: Callable[[str], None] = lambda s: None) -> EngineResult:
+    """The engine for this ONNX and these settings: reused when its metadata matches (same ONNX, settings,
+    TensorRT and GPU), else built."""
+    trt = trt or import_tensorrt()
+    gpu = gpu or current_gpu()
+    path = engine_path or onnx_path.with_suffix(".engine")
+    metadata = artifacts.load_manifest(path)
+    if metadata and (
+        metadata.get("onnx", {}).get("sha256") == artifacts.file_sha256(onnx_path)
+        and metadata.get("settings") == settings.recorded()
+        and metadata.get("tensorrt") == str(trt.__version__)
+        and metadata.get("gpu", {}).get("compute_capability") == gpu.sm
+        and artifacts.files_match(path, metadata)
+    ):
+        progress(f"reusing {path}")
+        return EngineResult(path, metadata)
+    return build_engine(onnx_path, settings, path, trt, gpu, progress)
+
+
+def trt_variant(
+    variant: str | Variant,
+    precision: str = "fp16",
+    checkpoint: str | Path | None = None,
+    *,
+    random_init: bool = False,
+    seed: int = 0,
+    profile: str | Path | None = None,
+    output: Path | None = None,
+    calib: str | None = None,
+    samples: int | None = None,
+    progress: Callable[[str], None] = lambda step: None,
+    trt=None,
+    gpu: Gpu | None = None,
+    **overrides,
+) -> EngineResult:
+    """Check TensorRT and the GPU first (nothing is written without them), then make or reuse the
+    precision ONNX and build or reuse its engine."""
+    trt = trt or import_tensorrt()
+    gpu = gpu or current_gpu()
+    variant = get_variant(variant)
+    chosen = find_profile(profile) if profile else default_profile(variant.name)
+    if chosen.variant != variant.name:
+        raise UsageError(f"profile {chosen.name} is for {chosen.variant}, not {variant.name}")
+    chosen.require(precision)
+    settings = build_settings(chosen, precision, **overrides)
+    if output:
+        artifacts.prepare_destination(Path(output))
+    progress("loading weights")
+    loaded = load_model(variant, checkpoint, random_init=random_init, seed=seed)
+    onnx_path = precision_onnx(loaded, precision, chosen, calib, samples, progress)
+    return ensure_engine(onnx_path, settings, Path(output) if output else None, trt, gpu, progress)
+
+
+def engine_runner(loaded: LoadedModel, precision: str, progress: Callable[[str], None] = lambda s: None):
+    """A TrtRunner on the engine of this precision (default profile), for the bench harness."""
+    from pe_export.runners.tensorrt import TrtRunner
+
+    trt = import_tensorrt()
+    gpu = current_gpu()
+    profile = default_profile(loaded.variant.name)
+    settings = build_settings(profile, precision, batch_max=32, batch_opt=8)
+    onnx_path = precision_onnx(loaded, precision, profile, progress=progress)
+    engine = ensure_engine(onnx_path, settings, None, trt, gpu, progress)
+    return TrtRunner(engine.path, precision, trt=trt)
