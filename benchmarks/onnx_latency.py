@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pe_export.bench.latency import summarize, time_call
+from pe_export.bench.latency import summarize, wall_ms
 from pe_export.model import load_model
 from pe_export.onnx.export import ExportOptions, export_onnx, parity_input
 from pe_export.runners.onnxruntime import OrtRunner
@@ -63,13 +63,13 @@ def main() -> None:
     samples: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(args.iters):  # round-robin: each backend sees the same machine load
         for name, fn in calls.items():
-            samples[name].append(time_call(fn))
+            samples[name].append(wall_ms(fn))
 
     stats = {name: summarize(s) for name, s in samples.items()}
     base = stats["torch eager fp32"].p50
     rows = [
         {"backend": "torch" if name.startswith("torch") else "onnxruntime CPU", "lowering": name,
-         "nodes": nodes.get(name), "latency_ms": stats[name].as_dict(), "ratio_vs_torch": stats[name].p50 / base}
+         "nodes": nodes.get(name), "latency_ms": stats[name].model_dump(), "ratio_vs_torch": stats[name].p50 / base}
         for name in calls
     ]
     report = {

@@ -403,7 +403,9 @@ def bench(
     past = _read_baseline(baseline, load_report) if baseline else None
     with console.status("loading weights"):
         loaded = load_model(variant, checkpoint, random_init=random_init, seed=seed)
-    rows = len(settings.backends) * len(settings.precisions) * len(settings.batches)
+    from pe_export.bench.bench import skipped_pairs
+
+    rows = (len(settings.backends) * len(settings.precisions) - len(skipped_pairs(settings))) * len(settings.batches)
     with _progress() as bar:
         task = bar.add_task("rows", total=rows)
         report = run_bench(loaded, settings, on_row=lambda row: bar.advance(task), progress=lambda s: bar.update(task, description=s))

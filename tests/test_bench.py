@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pe_export.bench import bench as bench_module
-from pe_export.bench.bench import BenchSettings, bench_rows, latency_report, regressions, run_bench
+from pe_export.bench.bench import BenchSettings, bench_rows, regressions, run_bench
 from pe_export.bench.metrics import compare
 from pe_export.bench.parity import retrieval_agreement, run_in_chunks, run_parity
 from pe_export.bench.report import LatencyMs, LatencyRow, load_report, make_report, to_markdown
@@ -237,3 +236,10 @@ def test_parity_with_images_adds_retrieval(spatial, tmp_path):
     artifact = export_onnx(spatial, ExportOptions(), tmp_path / "m.onnx").path
     report = run_parity(spatial, [artifact], images=folder)
     assert report.settings["count"] == 4 and report.results[0].retrieval_top1 == 1.0
+
+
+def test_backend_precision_pairs_that_cannot_run_are_skipped():
+    from pe_export.bench.bench import skipped_pairs
+
+    settings = BenchSettings(backends=["torch", "onnxruntime", "tensorrt"], precisions=["bf16", "int8"])
+    assert skipped_pairs(settings) == ["torch int8", "onnxruntime bf16"]

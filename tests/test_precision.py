@@ -11,7 +11,7 @@ from PIL import Image
 
 from pe_export.errors import PeExportError, UsageError
 from pe_export.model import load_model
-from pe_export.onnx.export import ExportOptions, ensure_onnx
+from pe_export.onnx.export import ensure_onnx
 from pe_export.precision.calibration import load_calibration
 from pe_export.precision.profiles import find_profile, load_profile, profile_files
 from pe_export.precision.quantize import make_precision, quantize_variant
@@ -130,12 +130,14 @@ quantization:
 def made(spatial, profile, workdir, tmp_path_factory):
     import os
 
+    here = os.getcwd()
     os.chdir(workdir)  # artifacts/ lands in the module's scratch folder
     results = {}
     for precision in ("fp16", "bf16", "int8", "fp8"):
         calib = load_calibration("synthetic", 8, 512) if precision in ("int8", "fp8") else None
         results[precision] = make_precision(spatial, precision, profile, calib)
-    return results
+    yield results
+    os.chdir(here)
 
 
 def _ops(path):

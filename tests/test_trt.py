@@ -12,11 +12,11 @@ import pytest
 from pe_export.errors import PeExportError, UsageError
 from pe_export.model import load_model
 from pe_export.onnx.export import ExportOptions, export_onnx
+from pe_export.precision.profiles import find_profile
 from pe_export.runners.tensorrt import check_compatible
 from pe_export.trt.build import BuildSettings, build_engine
 from pe_export.trt.engine import build_settings, ensure_engine, trt_variant
 from pe_export.trt.env import Gpu, TensorRTUnavailable
-from pe_export.precision.profiles import find_profile
 from tests.conftest import fixture_checkpoint, fixture_outputs
 from tests.fake_tensorrt import make_fake_tensorrt, read_plan
 

@@ -5,20 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from pe_export.errors import UsageError
 from pe_export.model import LoadedModel
 from pe_export.model.head import OutputHead
-from pe_export.onnx.export import ExportOptions, ensure_onnx
 
 ORT_PROVIDERS = {"onnxruntime": "cpu", "onnxruntime-cuda": "cuda", "onnxruntime-trt": "tensorrt"}
 
 
 def onnx_artifact(loaded: LoadedModel, precision: str, progress: Callable[[str], None]) -> Path:
     """The ONNX file of a precision under artifacts/, exported (or reused) for onnxruntime."""
-    fp32 = ensure_onnx(loaded, ExportOptions(target="ort"), progress=progress)
-    if precision == "fp32":
-        return fp32.path
-    raise UsageError(f"no {precision} ONNX for onnxruntime yet: make one with `pe-export quantize --precision {precision}`")
+    from pe_export.precision.profiles import Profile
+    from pe_export.precision.quantize import precision_onnx
+
+    profile = Profile(name="bench", variant=loaded.variant.name, export={"target": "ort"})
+    return precision_onnx(loaded, precision, profile, progress=progress)
 
 
 def runner_opener(

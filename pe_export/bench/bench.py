@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Literal, Optional
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pe_export.bench.latency import summarize
+from pe_export.bench.latency import cuda_event_ms, summarize, wall_ms
 from pe_export.bench.memory import peak_rss_mb, reset_peak_rss
-from pe_export.bench.report import LatencyMs, LatencyRow, Report, make_report
+from pe_export.bench.report import LatencyRow, Report, make_report
 from pe_export.errors import UsageError
 from pe_export.model import LoadedModel
 from pe_export.runners.device import cpu_name, cuda_name
@@ -21,6 +20,15 @@ from pe_export.versions import versions
 
 BACKENDS = ("torch", "torch-compile", "onnxruntime", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "fp8")
+# What each backend can run; other pairs of a backend x precision grid are skipped and reported.
+RUNS = {
+    "torch": {"fp32", "bf16", "fp16"},
+    "torch-compile": {"fp32", "bf16", "fp16"},
+    "onnxruntime": {"fp32", "fp16", "int8", "fp8"},  # no bf16 kernels on the CPU
+    "onnxruntime-cuda": set(PRECISIONS),
+    "onnxruntime-trt": set(PRECISIONS),
+    "tensorrt": set(PRECISIONS),
+}
 
 
 class BenchSettings(BaseModel):
@@ -35,20 +43,14 @@ class BenchSettings(BaseModel):
     threads: Optional[int] = Field(None, ge=1)
     device: Literal["cpu", "cuda"] = "cpu"
 
-    @field_validator("backends")
+    @field_validator("backends", "precisions")
     @classmethod
-    def _known_backends(cls, value: list[str]) -> list[str]:
-        unknown = [b for b in value if b not in BACKENDS]
+    def _known(cls, value: list[str], info) -> list[str]:
+        allowed = BACKENDS if info.field_name == "backends" else PRECISIONS
+        unknown = [v for v in value if v not in allowed]
         if unknown:
-            raise ValueError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
-        return value
-
-    @field_validator("precisions")
-    @classmethod
-    def _known_precisions(cls, value: list[str]) -> list[str]:
-        unknown = [p for p in value if p not in PRECISIONS]
-        if unknown:
-            raise ValueError(f"unknown precision(s) {', '.join(unknown)}; choose from {', '.join(PRECISIONS)}")
+            kind = info.field_name.removesuffix("s")
+            raise ValueError(f"unknown {kind}(s) {', '.join(unknown)}; choose from {', '.join(allowed)}")
         return value
 
     @field_validator("batches")
@@ -65,16 +67,15 @@ def bench_input(loaded: LoadedModel, batch: int) -> np.ndarray:
     return (torch.rand(batch, 3, size, size, generator=gen) * 2 - 1).numpy()
 
 
-def timed_iterations(run: Callable[[], object], settings: BenchSettings, tick: Callable[[], None]) -> list[float]:
+def timed_iterations(run: Callable[[], object], settings: BenchSettings, tick: Callable[[], None],
+                     timer: Callable[[Callable[[], object]], float] = wall_ms) -> list[float]:
     """Warm up, then time `iters` calls (or as many as fit in `seconds`); milliseconds each."""
     for _ in range(settings.warmup):
         run()
     samples: list[float] = []
     deadline = time.perf_counter() + settings.seconds if settings.seconds else None
     while (len(samples) < settings.iters) if deadline is None else (time.perf_counter() < deadline or not samples):
-        start = time.perf_counter()
-        run()
-        samples.append((time.perf_counter() - start) * 1e3)
+        samples.append(timer(run))
         tick()
     return samples
 
@@ -85,13 +86,12 @@ def measure_row(runner, backend: str, precision: str, batch: np.ndarray, setting
     cuda = settings.device == "cuda" and torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    samples = timed_iterations(lambda: runner.run(batch), settings, tick)
+    samples = timed_iterations(lambda: runner.run(batch), settings, tick, cuda_event_ms if cuda else wall_ms)
     stats = summarize(samples)
     return LatencyRow(
-        backend=backend, precision=precision, batch=len(batch),
-        latency_ms=LatencyMs(**{k: v for k, v in stats.as_dict().items() if k != "iters"}),
+        backend=backend, precision=precision, batch=len(batch), latency_ms=stats,
         throughput_ips=len(batch) * 1e3 / stats.mean, peak_rss_mb=round(peak_rss_mb(), 1),
-        gpu_memory_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None, iters=stats.iters,
+        gpu_memory_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None, iters=len(samples),
     )
 
 
@@ -105,6 +105,8 @@ def bench_rows(
     """Rows in order backend x precision x batch; a runner is opened once per backend and precision."""
     for backend in settings.backends:
         for precision in settings.precisions:
+            if precision not in RUNS[backend]:
+                continue
             with open_runner(backend, precision) as runner:
                 for batch in settings.batches:
                     row = measure_row(runner, backend, precision, bench_input(loaded, batch), settings, tick)
@@ -112,9 +114,14 @@ def bench_rows(
                     yield row
 
 
+def skipped_pairs(settings: BenchSettings) -> list[str]:
+    return [f"{b} {p}" for b in settings.backends for p in settings.precisions if p not in RUNS[b]]
+
+
 def latency_report(loaded: LoadedModel, settings: BenchSettings, rows: list[LatencyRow], device: str | None = None,
                    interrupted: bool = False) -> Report:
     recorded = {**settings.model_dump(), "threads": settings.threads or torch.get_num_threads(),
+                "skipped": skipped_pairs(settings),
                 "weights": loaded.source.as_dict(), "timer": "CUDA events" if settings.device == "cuda" else "perf_counter"}
     return make_report("latency", loaded.variant.name, device or cpu_name(), versions(), recorded, rows, interrupted)
 

@@ -1,44 +1,34 @@
-"""Wall-clock latency statistics of a callable."""
+"""Timing one call, on the wall clock or between CUDA events, and summarizing the samples."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class LatencyStats:
-    """Milliseconds per call over the timed iterations (warm-up excluded)."""
-
-    min: float
-    mean: float
-    p50: float
-    p90: float
-    p95: float
-    p99: float
-    iters: int
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+from pe_export.bench.report import LatencyMs
 
 
-def summarize(samples_ms: list[float]) -> LatencyStats:
-    a = np.asarray(samples_ms, dtype=np.float64)
-    p50, p90, p95, p99 = np.percentile(a, [50, 90, 95, 99])
-    return LatencyStats(float(a.min()), float(a.mean()), float(p50), float(p90), float(p95), float(p99), len(a))
-
-
-def time_call(fn: Callable[[], object]) -> float:
-    """One call's wall time in milliseconds."""
+def wall_ms(run: Callable[[], object]) -> float:
     start = time.perf_counter()
-    fn()
+    run()
     return (time.perf_counter() - start) * 1e3
 
 
-def measure(fn: Callable[[], object], warmup: int = 1, iters: int = 10) -> LatencyStats:
-    for _ in range(warmup):
-        fn()
-    return summarize([time_call(fn) for _ in range(iters)])
+def cuda_event_ms(run: Callable[[], object]) -> float:
+    """GPU time between two CUDA events around the call (end to end, copies included)."""
+    import torch
+
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    begin.record()
+    run()
+    end.record()
+    end.synchronize()
+    return begin.elapsed_time(end)
+
+
+def summarize(samples_ms: list[float]) -> LatencyMs:
+    a = np.asarray(samples_ms, dtype=np.float64)
+    p50, p90, p95, p99 = np.percentile(a, [50, 90, 95, 99])
+    return LatencyMs(min=float(a.min()), mean=float(a.mean()), p50=float(p50), p90=float(p90), p95=float(p95), p99=float(p99))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import gc
 import resource
 import time
 from dataclasses import dataclass
@@ -16,14 +15,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from pe_export import artifacts
-from pe_export.bench.metrics import ParityFigures, compare
+from pe_export.bench.metrics import compare
 from pe_export.errors import PeExportError, UsageError
+from pe_export.memory import release_memory
 from pe_export.model import LoadedModel, load_model
 from pe_export.model.head import OutputHead, OutputKind, check_output
 from pe_export.onnx import passes
 from pe_export.onnx.lowering import FUSED_MIN_OPSET, Lowering, translation_table
-from pe_export.quiet import quiet
 from pe_export.onnx.targets import DEFAULT_TARGET, Target, get_target
+from pe_export.quiet import quiet
 from pe_export.runners.onnxruntime import OrtRunner
 from pe_export.variants import Variant, get_variant
 from pe_export.versions import versions
@@ -157,9 +157,14 @@ def export_variant(
     spec = resolve(options, variant)
     path = Path(output) if output else default_output_path(variant, spec)
     artifacts.prepare_destination(path)
-    progress("loading weights")
-    # No reference kept here: export_onnx can free the torch weights before onnxruntime loads its copy.
-    return export_onnx(load_model(variant, checkpoint, random_init=random_init, seed=seed), options, path, progress)
+    # The weights are loaded inside the export, so it holds the only reference and can free them
+    # before onnxruntime loads its own copy (a model passed in as an argument stays alive until the
+    # call returns).
+    def load() -> LoadedModel:
+        progress("loading weights")
+        return load_model(variant, checkpoint, random_init=random_init, seed=seed)
+
+    return _export(load, options, path, progress)
 
 
 def export_onnx(
@@ -173,6 +178,12 @@ def export_onnx(
     The file only appears at `output` once the full ONNX check and the onnxruntime parity run
     against the torch model have passed; otherwise the previous file (or nothing) stays.
     """
+    return _export(lambda: loaded, options, output, progress)
+
+
+def _export(load: Callable[[], LoadedModel], options: ExportOptions, output: Path | None,
+            progress: Callable[[str], None]) -> ExportResult:
+    loaded = load()
     variant, source = loaded.variant, loaded.source
     spec = resolve(options, variant)
     path = Path(output) if output else default_output_path(variant, spec)
@@ -187,10 +198,10 @@ def export_onnx(
         staged = scratch / path.name
         progress(f"tracing {variant.name} and writing ONNX (opset {spec.opset})")
         external = _save_onnx(head, variant, spec, staged)
-        # Drop this frame's hold on the torch weights: when the caller keeps none either (the CLI),
+        # Drop the torch weights where this is the only holder (export_variant, the CLI), so that
         # onnxruntime's copy replaces them instead of doubling peak memory.
         del head, loaded
-        gc.collect()
+        release_memory()
         progress("checking the graph (onnx.checker, full)")
         onnx.checker.check_model(str(staged), full_check=True)
         if spec.simplify:
@@ -264,6 +275,10 @@ def _save_onnx(head: OutputHead, variant: Variant, spec: ResolvedExport, staged:
     weight_bytes = sum(p.numel() * p.element_size() for p in head.parameters())
     external = weight_bytes > EXTERNAL_DATA_BYTES
     program.save(staged, external_data=external)
+    # The exporter's IR outlives this call (it is kept alive elsewhere in torch.onnx); unhook its
+    # initializers so it no longer pins the torch weights.
+    for value in program.model.graph.initializers.values():
+        value.const_value = None
     return external
 
 

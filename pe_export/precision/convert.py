@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 
 from pe_export.errors import PeExportError
+from pe_export.precision.calibrate import calibration_cache
 from pe_export.precision.profiles import ROPE_NODES, MixedSection, QuantSection
 from pe_export.quiet import quiet
 
@@ -52,10 +53,17 @@ def quantize_qdq(source: Path, target: Path, precision: str, section: QuantSecti
         shutil.copy(source.parent / f"{source.name}.data", work / f"{source.name}.data")
     size = calibration.shape[-1]
     out = work / "quantized.onnx"
+    cache = None
+    if precision == "int8":
+        # Ranges streamed batch by batch. ModelOpt then runs its own (in-memory) calibration on one
+        # image with min-max, only to place the Q/DQ nodes: the cache's scales replace its ranges.
+        cache = calibration_cache(source, calibration, batch_size, method, list(section.op_types), input_name, work)
+        calibration, batch_size, method = calibration[:1], 1, "max"
     with quiet(*MODELOPT_LOGGERS):
         quantization.quantize(
             onnx_path=str(staged_input), quantize_mode=precision, calibration_data={input_name: calibration},
             calibration_method=method, calibration_eps=["cpu"], calibration_shapes=f"{input_name}:{batch_size}x3x{size}x{size}",
+            calibration_cache_path=str(cache) if cache else None,
             op_types_to_quantize=list(section.op_types), nodes_to_exclude=list(section.exclude) or None,
             disable_mha_qdq=not section.quantize_attention, high_precision_dtype="fp32", output_path=str(out),
             use_external_data_format=external, log_level="ERROR",

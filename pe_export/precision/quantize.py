@@ -74,6 +74,19 @@ def quantize_variant(
     return make_precision(loaded, precision, chosen, calibration, output, progress)
 
 
+def precision_onnx(loaded: LoadedModel, precision: str, profile: Profile, calib: str | None = None,
+                   samples: int | None = None, progress: Callable[[str], None] = lambda s: None) -> Path:
+    """The ONNX file of any precision (fp32 included) for this profile, made or reused."""
+    if precision == "fp32":
+        return ensure_onnx(loaded, export_options(profile), progress=progress).path
+    c = profile.calibration
+    calibration = lambda: (  # noqa: E731 - read only if a new int8/fp8 artifact is made
+        load_calibration(calib or c.source, samples or c.samples, loaded.variant.image_size, c.seed, c.allow_fewer)
+        if precision in ("int8", "fp8") else None
+    )
+    return ensure_precision(loaded, precision, profile, calibration, progress=progress).path
+
+
 def ensure_precision(
     loaded: LoadedModel,
     precision: str,
@@ -128,7 +141,8 @@ def make_precision(
         row = next(parity_rows(loaded, [staged], inputs, {precision: profile.threshold(precision)}))
         manifest.update(parity={**row.model_dump(), "inputs": "synthetic, seed 1 (apart from calibration)"},
                         seconds=round(time.perf_counter() - start, 1), files=artifacts.file_digests(model_files),
-                        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+                        peak_rss_mb=round(max(resource.getrusage(who).ru_maxrss for who in
+                                                  (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024, 1))
         artifacts.write_json(manifest_file, manifest)
         if row.passed is False:
             # kept for inspection in a folder of its own, under its normal file names (external data

@@ -8,10 +8,8 @@ from typing import Callable
 from pe_export import artifacts
 from pe_export.errors import UsageError
 from pe_export.model import LoadedModel, load_model
-from pe_export.precision.calibration import load_calibration
 from pe_export.precision.profiles import Profile, default_profile, find_profile
-from pe_export.precision.quantize import ensure_precision, export_options
-from pe_export.onnx.export import ensure_onnx
+from pe_export.precision.quantize import precision_onnx
 from pe_export.trt.build import BuildSettings, EngineResult, build_engine
 from pe_export.trt.env import Gpu, current_gpu, import_tensorrt
 from pe_export.variants import Variant, get_variant
@@ -30,18 +28,6 @@ def build_settings(profile: Profile, precision: str, **overrides) -> BuildSettin
         return BuildSettings(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
     except ValueError as exc:
         raise UsageError(f"bad TensorRT settings: {exc.errors()[0]['msg'].removeprefix('Value error, ') if hasattr(exc, 'errors') else exc}") from None
-
-
-def precision_onnx(loaded: LoadedModel, precision: str, profile: Profile, calib: str | None = None,
-                   samples: int | None = None, progress: Callable[[str], None] = lambda s: None) -> Path:
-    if precision == "fp32":
-        return ensure_onnx(loaded, export_options(profile), progress=progress).path
-    c = profile.calibration
-    calibration = lambda: (  # noqa: E731 - read only if a new int8/fp8 artifact is made
-        load_calibration(calib or c.source, samples or c.samples, loaded.variant.image_size, c.seed, c.allow_fewer)
-        if precision in ("int8", "fp8") else None
-    )
-    return ensure_precision(loaded, precision, profile, calibration, progress=progress).path
 
 
 def ensure_engine(onnx_path: Path, settings: BuildSettings, engine_path: Path | None = None, trt=None,
