@@ -81,9 +81,11 @@ class QuantizationSection(Strict):
 
 
 class TensorRTSection(Strict):
+    """Engine build settings; `pe-export trt` options override them."""
+
     workspace_gib: float = Field(4.0, gt=0)
     opt_level: int = Field(3, ge=0, le=5)
-    timing_cache: Optional[str] = None
+    timing_cache: Optional[Path] = None
     hardware_compat: Literal["none", "ampere+"] = "none"
     version_compatible: bool = False
     dla_core: Optional[int] = Field(None, ge=0)

@@ -12,28 +12,23 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Literal, Optional
+from typing import Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from pe_export import artifacts
 from pe_export.errors import PeExportError, UsageError
+from pe_export.precision.profiles import TensorRTSection
 from pe_export.trt.env import Gpu, current_gpu, import_tensorrt, trt_major
 
 
-class BuildSettings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class BuildSettings(TensorRTSection):
+    """A profile's TensorRT section plus the precision and the optimization profile's batch range."""
 
     precision: Literal["fp32", "fp16", "bf16", "int8", "fp8"] = "fp16"
     batch_min: int = Field(1, ge=1)
     batch_opt: int = Field(1, ge=1)
     batch_max: int = Field(1, ge=1)
-    workspace_gib: float = Field(4.0, gt=0)
-    opt_level: int = Field(3, ge=0, le=5)
-    timing_cache: Optional[Path] = None
-    hardware_compat: Literal["none", "ampere+"] = "none"
-    version_compatible: bool = False
-    dla_core: Optional[int] = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> "BuildSettings":

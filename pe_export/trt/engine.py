@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from pydantic import ValidationError
+
 from pe_export import artifacts
 from pe_export.errors import UsageError
 from pe_export.model import LoadedModel, load_model
@@ -17,17 +19,14 @@ from pe_export.variants import Variant, get_variant
 
 def build_settings(profile: Profile, precision: str, **overrides) -> BuildSettings:
     """The profile's TensorRT section and batch range, with the options the user gave on top."""
-    section = profile.tensorrt.model_dump() if profile.tensorrt else {}
     base = {
+        **(profile.tensorrt.model_dump() if profile.tensorrt else {}),
         "precision": precision, "batch_min": profile.batch.min, "batch_opt": profile.batch.opt, "batch_max": profile.batch.max,
-        "workspace_gib": section.get("workspace_gib", 4.0), "opt_level": section.get("opt_level", 3),
-        "timing_cache": section.get("timing_cache"), "hardware_compat": section.get("hardware_compat", "none"),
-        "version_compatible": section.get("version_compatible", False), "dla_core": section.get("dla_core"),
     }
     try:
         return BuildSettings(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
-    except ValueError as exc:
-        raise UsageError(f"bad TensorRT settings: {exc.errors()[0]['msg'].removeprefix('Value error, ') if hasattr(exc, 'errors') else exc}") from None
+    except ValidationError as exc:
+        raise UsageError(f"bad TensorRT settings: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
 
 
 def ensure_engine(onnx_path: Path, settings: BuildSettings, engine_path: Path | None = None, trt=None,
