@@ -96,10 +96,6 @@ def pooled_features(output: np.ndarray) -> np.ndarray:
     return output if output.ndim == 2 else output.mean(axis=1)
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-
 def parity_rows(
     loaded: LoadedModel,
     artifacts: Sequence[Path],
@@ -138,13 +134,14 @@ def _artifact_row(path, manifest, precision, reference, inputs, threshold, threa
     if candidate.shape != reference.shape:
         raise UsageError(f"{path.name} gives {candidate.shape}, the torch reference {reference.shape}: is it for this variant?")
     figures = compare(reference, candidate)
-    pooled = _cosines(pooled_features(reference), pooled_features(candidate))
-    top1 = (retrieval_agreement(pooled_features(reference), pooled_features(candidate))
+    ref_pooled, cand_pooled = pooled_features(reference), pooled_features(candidate)
+    pooled = compare(ref_pooled, cand_pooled)
+    top1 = (retrieval_agreement(ref_pooled, cand_pooled)
             if inputs.real_images and len(inputs.names) >= 3 else None)
     return ParityRow(
         artifact=path.name, backend=backend, precision=precision, cosine_mean=figures.cosine_mean,
         cosine_min=figures.cosine_min, max_abs=figures.max_abs, rel_l2=figures.rel_l2, threshold=threshold,
-        passed=figures.cosine_mean >= threshold, pooled_cosine=float(pooled.mean()), retrieval_top1=top1,
+        passed=figures.cosine_mean >= threshold, pooled_cosine=pooled.cosine_mean, retrieval_top1=top1,
     )
 
 
