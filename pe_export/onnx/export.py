@@ -164,7 +164,7 @@ def export_variant(
         progress("loading weights")
         return load_model(variant, checkpoint, random_init=random_init, seed=seed)
 
-    return _export(load, options, path, progress)
+    return _export(load, options, path, progress, owns_weights=True)
 
 
 def export_onnx(
@@ -178,11 +178,11 @@ def export_onnx(
     The file only appears at `output` once the full ONNX check and the onnxruntime parity run
     against the torch model have passed; otherwise the previous file (or nothing) stays.
     """
-    return _export(lambda: loaded, options, output, progress)
+    return _export(lambda: loaded, options, output, progress, owns_weights=False)
 
 
 def _export(load: Callable[[], LoadedModel], options: ExportOptions, output: Path | None,
-            progress: Callable[[str], None]) -> ExportResult:
+            progress: Callable[[str], None], owns_weights: bool) -> ExportResult:
     loaded = load()
     variant, source = loaded.variant, loaded.source
     spec = resolve(options, variant)
@@ -198,8 +198,8 @@ def _export(load: Callable[[], LoadedModel], options: ExportOptions, output: Pat
         staged = scratch / path.name
         progress(f"tracing {variant.name} and writing ONNX (opset {spec.opset})")
         external = _save_onnx(head, variant, spec, staged)
-        # Drop the torch weights where this is the only holder (export_variant, the CLI), so that
-        # onnxruntime's copy replaces them instead of doubling peak memory.
+        if owns_weights:  # export_variant, the CLI: onnxruntime's copy replaces the torch weights
+            _free_weights(head)
         del head, loaded
         release_memory()
         progress("checking the graph (onnx.checker, full)")
@@ -275,11 +275,21 @@ def _save_onnx(head: OutputHead, variant: Variant, spec: ResolvedExport, staged:
     weight_bytes = sum(p.numel() * p.element_size() for p in head.parameters())
     external = weight_bytes > EXTERNAL_DATA_BYTES
     program.save(staged, external_data=external)
-    # The exporter's IR outlives this call (it is kept alive elsewhere in torch.onnx); unhook its
-    # initializers so it no longer pins the torch weights.
+    # The exporter's graph outlives this call (onnxscript's rewrite rules keep the last graph they
+    # matched), and its folded initializers are views of the torch weights: unhook them.
     for value in program.model.graph.initializers.values():
         value.const_value = None
     return external
+
+
+def _free_weights(module: torch.nn.Module) -> None:
+    """Give the weights' memory back now, whoever still refers to the tensors.
+
+    Values the exporter dropped along the way still wrap the parameters from its surviving graph,
+    so deleting the module alone frees nothing. Swapping each tensor's data for an empty one does.
+    """
+    for tensor in [*module.parameters(), *module.buffers()]:
+        tensor.data = torch.empty(0, dtype=tensor.dtype)
 
 
 def _simplify(staged: Path) -> dict:
