@@ -1,5 +1,6 @@
 """Precision variants of one variant on onnxruntime CPU: file size, latency, parity, and the cost
-of making each (wall time and peak RSS of `pe-export quantize`, one fresh process each).
+of making each (wall time of `pe-export quantize`, one fresh process each, and the peak of the
+summed RSS of that process and its calibration child, sampled every 0.2 s).
 
     python benchmarks/precision_table.py --variant L14 --samples 32 --iters 5
 
@@ -30,7 +31,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="L14")
     parser.add_argument("--samples", type=int, default=32)
-    parser.add_argument("--fp8-samples", type=int, default=8)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("artifacts/bench"))
@@ -43,7 +43,7 @@ def main() -> None:
     profile = folder / "profile.yaml"
     profile.write_text(yaml.safe_dump({
         "name": "bench-cpu", "variant": variant.name, "export": {"target": "ort"},
-        "calibration": {"source": "synthetic", "samples": args.samples, "batch_size": 4, "method": "entropy"},
+        "calibration": {"source": "synthetic", "samples": args.samples, "batch_size": 2, "method": "entropy"},
         "quantization": {"int8": {"exclude": ["^conv1/"]}, "fp8": {"exclude": ["^conv1/"]}},
     }))
     fp32 = folder / f"{variant.name}.fp32.onnx"
@@ -56,10 +56,8 @@ def main() -> None:
         if precision not in args.make.split(",") and path.exists():
             cost[precision] = {"seconds": None, "ok": True}  # made by an earlier run; its manifest has the figures
             continue
-        # fp8 goes through ModelOpt's in-memory calibrator (about 0.7 GB per L14 sample): fewer samples
-        samples = ["--samples", str(min(args.samples, args.fp8_samples))] if precision == "fp8" else []
         cost[precision] = _run([sys.executable, "-m", "pe_export.cli", "quantize", "-v", variant.name, "--random-init",
-                                "--precision", precision, "--profile", str(profile), "-o", str(path), *samples])
+                                "--precision", precision, "--profile", str(profile), "-o", str(path)])
 
     runnable = {p: path for p, path in paths.items() if p != "bf16" and path.exists()}
     runners = {p: OrtRunner(path, threads=args.threads) for p, path in runnable.items()}
@@ -84,28 +82,53 @@ def main() -> None:
             "ratio_vs_fp32": stats[p].p50 / stats["fp32"].p50 if p in stats else None,
             "cosine_mean": parity.get("cosine_mean"), "cosine_min": parity.get("cosine_min"), "max_abs": parity.get("max_abs"),
             "note": parity.get("note"), "make_seconds": cost[p]["seconds"] or manifest.get("seconds"),
-            "make_peak_rss_gb": round(manifest["peak_rss_mb"] / 1024, 2) if manifest else None, "ok": cost[p]["ok"],
+            "make_peak_rss_gib": cost[p].get("peak_rss_gib"), "ok": cost[p]["ok"],
         })
     (folder / "precision_table.json").write_text(json.dumps({"variant": variant.name, "threads": args.threads,
                                                              "iters": args.iters, "rows": rows}, indent=2))
     print(f"\n{variant.name}, onnxruntime CPU, batch 1, {args.threads} threads, {args.iters} timed runs; "
           f"calibration {args.samples} synthetic samples\n")
-    print("| precision | file MB | p50 ms | vs fp32 ONNX | token cosine mean | min | max abs | make s | make peak RSS GB |")
+    print("| precision | file MB | p50 ms | vs fp32 ONNX | token cosine mean | min | max abs | make s | make peak RSS GiB |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
         print(f"| {r['precision']} | {r['file_mb']} | {f(r['p50_ms'], '.0f')} | {f(r['ratio_vs_fp32'], '.2f')} | "
               f"{f(r['cosine_mean'], '.5f') if r['note'] is None else r['note']} | {f(r['cosine_min'], '.5f')} | "
-              f"{f(r['max_abs'], '.3g')} | {r['make_seconds']} | {r['make_peak_rss_gb']} |")
+              f"{f(r['max_abs'], '.3g')} | {r['make_seconds']} | {f(r['make_peak_rss_gib'], '.2f')} |")
 
 
 def _run(command: list[str]) -> dict:
-    """Run one CLI step in its own process; its wall time (its peak RSS is in the artifact's manifest)."""
+    """Run one CLI step in its own process: its wall time and the peak RSS of its process tree."""
     start = time.perf_counter()
-    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if done.returncode:
-        print(f"{' '.join(command[3:])} failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-    return {"seconds": round(time.perf_counter() - start, 1), "ok": done.returncode == 0}
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as process:
+        peak = 0
+        while process.poll() is None:
+            peak = max(peak, _tree_rss(process.pid))
+            time.sleep(0.2)
+        stderr = process.stderr.read()
+    if process.returncode:
+        print(f"{' '.join(command[3:])} failed: {stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+    return {"seconds": round(time.perf_counter() - start, 1), "ok": process.returncode == 0,
+            "peak_rss_gib": round(peak / 2**30, 2)}
+
+
+def _tree_rss(root: int) -> int:
+    """Bytes resident in `root` and all its descendants, from /proc (Linux)."""
+    parents, rss = {}, {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        except OSError:  # the process ended while being read
+            continue
+        pid = int(status.parent.name)
+        parents[pid] = int(fields["PPid"])
+        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sum(rss.get(pid, 0) for pid in tree)
 
 
 if __name__ == "__main__":

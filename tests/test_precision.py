@@ -46,7 +46,7 @@ def test_shipped_profiles_are_valid_and_found_by_name():
         ("name: x\nvariant: L14\ncalibration:\n  samples: many\n", r"p.yaml:4: field 'calibration.samples': Input should be a valid integer"),
         ("name: x\nvariant: L41\n", r"p.yaml:2: field 'variant': unknown variant 'L41'"),
         ("name: x\nvariant: L14\nexport:\n  target: trt9\n", r"p.yaml:4: field 'export.target': unknown target 'trt9'"),
-        ("name: x\nvariant: L14\nbatch: {min: 4, opt: 2, max: 8}\n", r"p.yaml:3: field 'batch': needs min <= opt <= max"),
+        ("name: x\nvariant: L14\nbatch: {min: 4, opt: 2, max: 8}\n", r"p.yaml:3: field 'batch': batch range needs min <= opt <= max, got 4:2:8"),
         ("name: x\nvariant: L14\nprecisions: [fp32, int4]\n", r"p.yaml:3: field 'precisions.1'"),
         ("- just\n- a list\n", r"a profile is a YAML mapping"),
     ],
@@ -162,8 +162,9 @@ def test_bf16_is_made_but_not_scored_on_cpu(made):
     assert row.note == "bf16 cannot run on onnxruntime CPU"
 
 
-@pytest.mark.parametrize("precision, zero_point_type", [("int8", onnx.TensorProto.INT8), ("fp8", onnx.TensorProto.FLOAT8E4M3FN)])
-def test_int8_and_fp8_have_qdq_where_expected(made, precision, zero_point_type):
+@pytest.mark.parametrize("precision, zero_point_type, conv_excluded", [
+    ("int8", onnx.TensorProto.INT8, True), ("fp8", onnx.TensorProto.FLOAT8E4M3FN, False)])
+def test_int8_and_fp8_have_qdq_where_expected(made, precision, zero_point_type, conv_excluded):
     result = made[precision]
     nodes = _ops(result.path)
     quants = [n for n in nodes if n.op_type == "QuantizeLinear"]
@@ -172,14 +173,18 @@ def test_int8_and_fp8_have_qdq_where_expected(made, precision, zero_point_type):
     inits = {i.name: i for i in model.graph.initializer}
     zero_points = [inits[n.input[2]] for n in quants if len(n.input) > 2 and n.input[2] in inits]
     assert zero_points and all(z.data_type == zero_point_type for z in zero_points)
-    # every MatMul of the blocks is fed by a DequantizeLinear; the excluded patch embedding is not
+    # both inputs of every MatMul of the blocks come through a DequantizeLinear, the weight's per
+    # channel; the patch embedding only where the profile does not exclude it (int8 does)
     producers = {out: n for n in nodes for out in n.output}
     matmuls = [n for n in nodes if n.op_type == "MatMul" and n.name.startswith("transformer.")]
-    assert matmuls and all(producers[n.input[0]].op_type == "DequantizeLinear" for n in matmuls)
+    assert len(matmuls) == 4 * 12
+    assert all(producers[n.input[i]].op_type == "DequantizeLinear" for n in matmuls for i in (0, 1))
+    assert all(any(a.name == "axis" and a.i == 1 for a in producers[n.input[1]].attribute) for n in matmuls)
     conv = next(n for n in nodes if n.op_type == "Conv")
-    assert producers.get(conv.input[0]) is None or producers[conv.input[0]].op_type != "DequantizeLinear"
+    assert (conv.input[0] not in producers) == conv_excluded
     assert result.parity.passed and result.parity.cosine_mean >= 0.99
-    assert result.manifest["calibration"]["count"] == 8 and result.manifest["method"] == "entropy"
+    assert result.manifest["calibration"]["count"] == 8
+    assert result.manifest["method"] == {"int8": "entropy", "fp8": "max"}[precision]
 
 
 def test_precision_artifact_matches_the_fixture(made):

@@ -1,16 +1,17 @@
-"""From the fp32 ONNX to a precision variant, with NVIDIA ModelOpt (imported lazily):
-fp16/bf16 by AutoCast mixed precision, int8/fp8 by explicit Q/DQ from ONNX PTQ."""
+"""From the fp32 ONNX to a precision variant: fp16/bf16 by NVIDIA ModelOpt's AutoCast mixed
+precision (imported lazily), int8/fp8 by explicit Q/DQ from streamed calibration ranges."""
 
 from __future__ import annotations
 
-import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from pe_export.errors import PeExportError
-from pe_export.precision.calibrate import calibration_cache
+from pe_export.precision import qdq
+from pe_export.precision.calibrate import activation_amax
 from pe_export.precision.profiles import ROPE_NODES, MixedSection, QuantSection
 from pe_export.quiet import quiet
 
@@ -21,15 +22,14 @@ INSTALL_HINT = "install the precision extra: pip install 'pe-export[quant]'"
 def _modelopt():
     try:
         import modelopt.onnx.autocast as autocast
-        import modelopt.onnx.quantization as quantization
     except ImportError as exc:
-        raise PeExportError(f"precision variants need NVIDIA ModelOpt ({exc.name} is missing); {INSTALL_HINT}") from exc
-    return autocast, quantization
+        raise PeExportError(f"fp16/bf16 variants need NVIDIA ModelOpt ({exc.name} is missing); {INSTALL_HINT}") from exc
+    return autocast
 
 
 def mixed_precision(source: Path, target: Path, precision: str, section: MixedSection, external: bool) -> None:
     """fp16 or bf16 weights and math, with the listed ops, the RoPE nodes and excluded nodes kept in fp32."""
-    autocast, _ = _modelopt()
+    autocast = _modelopt()
     with quiet(*MODELOPT_LOGGERS):
         model = autocast.convert_to_mixed_precision(
             onnx_path=str(source), low_precision_type=precision, op_types_to_exclude=list(section.keep_fp32_ops),
@@ -40,38 +40,26 @@ def mixed_precision(source: Path, target: Path, precision: str, section: MixedSe
               location=f"{target.name}.data" if external else None, all_tensors_to_one_file=True)
 
 
+def calibration_method(precision: str, method: str) -> str:
+    """FP8 scales come from the absolute maximum, as TensorRT and ModelOpt take them; entropy is for INT8."""
+    return "max" if precision == "fp8" else method
+
+
 def quantize_qdq(source: Path, target: Path, precision: str, section: QuantSection, calibration: np.ndarray,
-                 batch_size: int, method: str, input_name: str, external: bool) -> None:
-    """Explicit, symmetric Q/DQ (per-channel weights) calibrated on CPU; Q/DQ placed for TensorRT fusion."""
-    _, quantization = _modelopt()
-    work = target.parent / "modelopt"
-    work.mkdir()
-    # ModelOpt rewrites its input in place (shape inference) and leaves helper files beside it
-    staged_input = work / source.name
-    shutil.copy(source, staged_input)
-    if (source.parent / f"{source.name}.data").exists():
-        shutil.copy(source.parent / f"{source.name}.data", work / f"{source.name}.data")
-    size = calibration.shape[-1]
-    out = work / "quantized.onnx"
-    cache = None
-    if precision == "int8":
-        # Ranges streamed batch by batch. ModelOpt then runs its own (in-memory) calibration on one
-        # image with min-max, only to place the Q/DQ nodes: the cache's scales replace its ranges.
-        cache = calibration_cache(source, calibration, batch_size, method, list(section.op_types), input_name, work)
-        calibration, batch_size, method = calibration[:1], 1, "max"
-    with quiet(*MODELOPT_LOGGERS):
-        quantization.quantize(
-            onnx_path=str(staged_input), quantize_mode=precision, calibration_data={input_name: calibration},
-            calibration_method=method, calibration_eps=["cpu"], calibration_shapes=f"{input_name}:{batch_size}x3x{size}x{size}",
-            calibration_cache_path=str(cache) if cache else None,
-            op_types_to_quantize=list(section.op_types), nodes_to_exclude=list(section.exclude) or None,
-            disable_mha_qdq=not section.quantize_attention, high_precision_dtype="fp32", output_path=str(out),
-            use_external_data_format=external, log_level="ERROR",
-        )
-    model = onnx.load(str(out))
+                 batch_size: int, method: str, input_name: str, external: bool) -> int:
+    """Explicit, symmetric Q/DQ (per-channel weights) from ranges streamed on CPU; returns the pair count."""
+    model = onnx.load(str(source), load_external_data=False)
+    sites = qdq.plan(model.graph, section)
+    if not sites:
+        raise PeExportError(f"no node is left to quantize to {precision}: check the profile's op_types and exclude")
+    with tempfile.TemporaryDirectory(dir=target.parent) as work:
+        amax = activation_amax(source, calibration, batch_size, calibration_method(precision, method),
+                               list(section.op_types), input_name, Path(work))
+    onnx.load_external_data_for_model(model, str(source.parent))
+    pairs = qdq.insert_qdq(model, sites, amax, precision)
     onnx.save(model, str(target), save_as_external_data=external,
               location=f"{target.name}.data" if external else None, all_tensors_to_one_file=True)
-    shutil.rmtree(work)
+    return pairs
 
 
 def qdq_count(path: Path) -> dict[str, int]:

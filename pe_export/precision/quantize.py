@@ -141,8 +141,7 @@ def make_precision(
         row = next(parity_rows(loaded, [staged], inputs, {precision: profile.threshold(precision)}))
         manifest.update(parity={**row.model_dump(), "inputs": "synthetic, seed 1 (apart from calibration)"},
                         seconds=round(time.perf_counter() - start, 1), files=artifacts.file_digests(model_files),
-                        peak_rss_mb=round(max(resource.getrusage(who).ru_maxrss for who in
-                                                  (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024, 1))
+                        peak_rss_mb=_peak_rss_mb())
         artifacts.write_json(manifest_file, manifest)
         if row.passed is False:
             # kept for inspection in a folder of its own, under its normal file names (external data
@@ -157,6 +156,12 @@ def make_precision(
             )
         artifacts.publish([*model_files, manifest_file], path)
     return PrecisionResult(path, manifest, row)
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak plus the calibration process's: an upper bound on what was held at once."""
+    return round(sum(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+                 / 1024, 1)
 
 
 def _convert(fp32: ExportResult, staged: Path, precision: str, profile: Profile, calibration, external: bool) -> None:
@@ -177,7 +182,8 @@ def _manifest(loaded, fp32: ExportResult, precision, profile: Profile, calibrati
         "options": fp32.manifest["options"],
         "source_onnx": {"path": str(fp32.path), "sha256": fp32.manifest["files"][fp32.path.name]["sha256"]},
         "profile": {"name": profile.name, "path": str(profile.path) if profile.path else None},
-        "method": profile.calibration.method if calibration is not None else "autocast",
+        "method": convert.calibration_method(precision, profile.calibration.method) if calibration is not None
+        else "autocast",
         "exclusions": section.model_dump(),
         "calibration": calibration.describe() if calibration is not None else None,
         "qdq_nodes": convert.qdq_count(staged),
