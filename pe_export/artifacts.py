@@ -7,6 +7,7 @@ never a truncated file.
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import json
 import os
@@ -36,8 +37,13 @@ def prepare_destination(path: Path) -> None:
 
 @contextmanager
 def staging(path: Path) -> Iterator[Path]:
-    """A scratch folder on the destination's file system, removed whatever happens."""
-    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    """A scratch folder on the destination's file system, removed whatever happens.
+
+    Its name carries the process id, so that folders left by a killed process (which ran no
+    cleanup) are recognised and removed by the next stage writing the same artifact.
+    """
+    _remove_orphaned_staging(path)
+    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".partial", dir=path.parent))
     try:
         yield folder
     except OSError as exc:
@@ -47,6 +53,23 @@ def staging(path: Path) -> Iterator[Path]:
         raise
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _remove_orphaned_staging(path: Path) -> None:
+    for folder in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
+        pid = folder.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def publish(staged: list[Path], destination: Path) -> None:

@@ -214,7 +214,7 @@ def test_disk_full_is_one_clear_error(loaded, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_killed_export_process_leaves_no_file(tmp_path):
+def test_killed_export_process_leaves_no_file_and_the_next_export_clears_its_staging(tmp_path, loaded):
     path = tmp_path / "model.onnx"
     proc = subprocess.Popen(
         [sys.executable, "-m", "pe_export.cli", "onnx", "-v", SPATIAL, "--random-init", "-o", str(path)],
@@ -227,6 +227,12 @@ def test_killed_export_process_leaves_no_file(tmp_path):
     proc.kill()
     proc.wait()
     assert not path.exists() and not (tmp_path / "model.onnx.json").exists()
+    leftovers = list(tmp_path.iterdir())  # the killed process could not clean up its staging folder
+    assert len(leftovers) == 1 and leftovers[0].name.startswith(f".model.onnx.{proc.pid}.")
+    live = tmp_path / ".model.onnx.1.x.partial"  # pid 1 is alive: another export's staging stays
+    live.mkdir()
+    export_onnx(loaded[SPATIAL], ExportOptions(), path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "model.onnx", "model.onnx.json"]
 
 
 @pytest.mark.parametrize(
