@@ -119,7 +119,7 @@ def test_profile_settings_with_overrides():
     settings = build_settings(profile, "int8", opt_level=5, batch_max=64)
     assert (settings.batch_min, settings.batch_opt, settings.batch_max) == (1, 8, 64)
     assert settings.workspace_gib == 8 and settings.opt_level == 5 and str(settings.timing_cache).endswith("datacenter.cache")
-    with pytest.raises(UsageError, match="MIN <= OPT <= MAX"):
+    with pytest.raises(UsageError, match="batch range needs min <= opt <= max, got 16:8:32"):
         build_settings(profile, "int8", batch_min=16)
 
 

@@ -41,6 +41,12 @@ class ExportSection(Strict):
         return value
 
 
+def check_batch_range(low: int, opt: int, high: int) -> None:
+    """The one rule for a batch range, in profiles and on the command line."""
+    if not low <= opt <= high:
+        raise ValueError(f"batch range needs min <= opt <= max, got {low}:{opt}:{high}")
+
+
 class BatchSection(Strict):
     min: int = Field(1, ge=1)
     opt: int = Field(1, ge=1)
@@ -48,8 +54,7 @@ class BatchSection(Strict):
 
     @model_validator(mode="after")
     def _ordered(self) -> "BatchSection":
-        if not self.min <= self.opt <= self.max:
-            raise ValueError(f"needs min <= opt <= max, got {self.min}, {self.opt}, {self.max}")
+        check_batch_range(self.min, self.opt, self.max)
         return self
 
 

@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 
 from pe_export import artifacts
 from pe_export.errors import PeExportError, UsageError
-from pe_export.precision.profiles import TensorRTSection
+from pe_export.precision.profiles import TensorRTSection, check_batch_range
 from pe_export.trt.env import Gpu, current_gpu, import_tensorrt, trt_major
 
 
@@ -32,8 +32,7 @@ class BuildSettings(TensorRTSection):
 
     @model_validator(mode="after")
     def _ordered(self) -> "BuildSettings":
-        if not self.batch_min <= self.batch_opt <= self.batch_max:
-            raise ValueError(f"--batch needs MIN <= OPT <= MAX, got {self.batch_min}:{self.batch_opt}:{self.batch_max}")
+        check_batch_range(self.batch_min, self.batch_opt, self.batch_max)
         return self
 
     @property
