@@ -238,3 +238,45 @@ def test_request_errors_come_before_loading(monkeypatch, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="no images"):
         quantize_variant(SPATIAL, "int8", random_init=True, calib=str(tmp_path / "empty"))
+
+
+def test_qdq_layout_and_scales_match_modelopt(spatial, profile, made, tmp_path):
+    """The reference producer for TensorRT, on the same graph and data: same sites, axes and scales."""
+    quantization = pytest.importorskip("modelopt.onnx.quantization", reason="the quant extra is not installed")
+    from pe_export.precision import qdq
+    from pe_export.precision.calibrate import activation_amax
+    from pe_export.precision.quantize import export_options
+
+    fp32 = ensure_onnx(spatial, export_options(profile)).path
+    section = profile.quantization.int8
+    data = load_calibration("synthetic", 4, 512).batch
+    reference = tmp_path / "modelopt.onnx"
+    quantization.quantize(
+        onnx_path=str(fp32), quantize_mode="int8", calibration_data={"pixel_values": data}, calibration_method="max",
+        calibration_eps=["cpu"], op_types_to_quantize=list(section.op_types), nodes_to_exclude=list(section.exclude),
+        disable_mha_qdq=True, high_precision_dtype="fp32", output_path=str(reference), log_level="ERROR",
+    )
+    ours = onnx.load(str(fp32))
+    qdq.insert_qdq(ours, qdq.plan(ours.graph, section),
+                   activation_amax(fp32, data, 2, "max", list(section.op_types), "pixel_values", tmp_path), "int8")
+    mine, theirs = _qdq_sites(ours), _qdq_sites(onnx.load(str(reference)))
+    assert mine.keys() == theirs.keys() and len(mine) == 2 * 4 * 12
+    for site, (axis, scale) in mine.items():
+        assert axis == theirs[site][0], site
+        np.testing.assert_allclose(scale, theirs[site][1], rtol=1e-5, err_msg=str(site))
+
+
+def _qdq_sites(model):
+    """{(GEMM/conv node, input index): (DQ axis, DQ scale)} for every input read through a DequantizeLinear."""
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    producers = {out: n for n in model.graph.node for out in n.output}
+    sites = {}
+    for node in model.graph.node:
+        if node.op_type not in ("MatMul", "Gemm", "Conv"):
+            continue
+        for index, name in enumerate(node.input):
+            dq = producers.get(name)
+            if dq is not None and dq.op_type == "DequantizeLinear":
+                axis = next((a.i for a in dq.attribute if a.name == "axis"), None)
+                sites[(node.name, index)] = (axis if inits[dq.input[1]].ndim else None, inits[dq.input[1]])
+    return sites
