@@ -41,7 +41,7 @@ def main() -> None:
             manifest = json.loads(path.with_name(path.name + ".json").read_text())
             rows.append({
                 "target": target, "wall_seconds": round(wall, 1), "export_seconds": manifest["export_seconds"],
-                "peak_rss_gb": round(manifest["peak_rss_mb"] / 1024, 2),
+                "peak_rss_gib": round(manifest["peak_rss_mb"] / 1024, 2),
                 "rss_over_weights": round(manifest["peak_rss_mb"] * 2**20 / 1e9 / weights_gb, 2),
                 "nodes": manifest["nodes"], "op_histogram": manifest["op_histogram"],
                 "external_data": manifest["external_data"], "parity": manifest["parity"],
@@ -51,10 +51,10 @@ def main() -> None:
               "results": rows}
     (args.out / f"export_cost_{variant.name}.json").write_text(json.dumps(report, indent=2))
     print(f"\n{variant.name}: fp32 weights {weights_gb:.2f} GB\n")
-    print("| target | wall s | export s | peak RSS GB | RSS / weights | nodes | parity cosine min | max abs |")
+    print("| target | wall s | export s | peak RSS GiB | RSS / weights | nodes | parity cosine min | max abs |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['target']} | {r['wall_seconds']} | {r['export_seconds']} | {r['peak_rss_gb']} | "
+        print(f"| {r['target']} | {r['wall_seconds']} | {r['export_seconds']} | {r['peak_rss_gib']} | "
               f"{r['rss_over_weights']} | {r['nodes']} | {r['parity']['cosine_min']:.7f} | {r['parity']['max_abs']:.2e} |")
     print("\nop histograms:")
     for r in rows:
