@@ -8,6 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from pe_export.errors import PeExportError
 from pe_export.precision import qdq
 from pe_export.precision.calibrate import activation_amax
 from pe_export.precision.profiles import QuantSection
@@ -81,7 +82,7 @@ def test_inserted_qdq_computes_the_fake_quantized_reference(tmp_path, precision)
 def test_missing_range_is_refused():
     model = _mlp()
     sites = qdq.plan(model.graph, QuantSection(op_types=["MatMul"]))
-    with pytest.raises(ValueError, match="no range for 1 tensors, e.g. h"):
+    with pytest.raises(PeExportError, match="no range for 1 tensors, e.g. h; the fp32 ONNX lacks"):
         qdq.insert_qdq(model, sites, {"x": 1.0}, "int8")
 
 

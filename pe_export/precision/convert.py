@@ -46,8 +46,8 @@ def calibration_method(precision: str, method: str) -> str:
 
 
 def quantize_qdq(source: Path, target: Path, precision: str, section: QuantSection, calibration: np.ndarray,
-                 batch_size: int, method: str, input_name: str, external: bool) -> int:
-    """Explicit, symmetric Q/DQ (per-channel weights) from ranges streamed on CPU; returns the pair count."""
+                 batch_size: int, method: str, input_name: str, external: bool) -> None:
+    """Explicit, symmetric Q/DQ (per-channel weights) from ranges streamed on CPU."""
     model = onnx.load(str(source), load_external_data=False)
     sites = qdq.plan(model.graph, section)
     if not sites:
@@ -56,10 +56,9 @@ def quantize_qdq(source: Path, target: Path, precision: str, section: QuantSecti
         amax = activation_amax(source, calibration, batch_size, calibration_method(precision, method),
                                list(section.op_types), input_name, Path(work))
     onnx.load_external_data_for_model(model, str(source.parent))
-    pairs = qdq.insert_qdq(model, sites, amax, precision)
+    qdq.insert_qdq(model, sites, amax, precision)
     onnx.save(model, str(target), save_as_external_data=external,
               location=f"{target.name}.data" if external else None, all_tensors_to_one_file=True)
-    return pairs
 
 
 def qdq_count(path: Path) -> dict[str, int]:
