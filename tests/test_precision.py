@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 from PIL import Image
 
@@ -120,7 +121,7 @@ def profile(workdir):
     return load_profile(_profile(workdir, f"""
 name: t16-test
 variant: {SPATIAL}
-calibration: {{source: synthetic, samples: 8, batch_size: 4}}
+calibration: {{source: synthetic, samples: 8, batch_size: 4, provider: cuda}}
 quantization:
   int8: {{exclude: ['^conv1/']}}
 """))
@@ -185,6 +186,18 @@ def test_int8_and_fp8_have_qdq_where_expected(made, precision, zero_point_type, 
     assert result.parity.passed and result.parity.cosine_mean >= 0.99
     assert result.manifest["calibration"]["count"] == 8
     assert result.manifest["method"] == {"int8": "entropy", "fp8": "max"}[precision]
+    # the profile asks for CUDA; without onnxruntime's CUDA provider calibration runs on CPU
+    has_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    assert result.manifest["calibration_provider"] == ("cuda" if has_cuda else "cpu")
+
+
+def test_calibration_provider_falls_back_to_cpu(monkeypatch):
+    from pe_export.precision.calibrate import calibration_provider
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert (calibration_provider("cuda"), calibration_provider("cpu")) == ("cuda", "cpu")
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert calibration_provider("cuda") == "cpu"
 
 
 def test_precision_artifact_matches_the_fixture(made):
@@ -240,14 +253,15 @@ def test_request_errors_come_before_loading(monkeypatch, tmp_path):
         quantize_variant(SPATIAL, "int8", random_init=True, calib=str(tmp_path / "empty"))
 
 
-def test_qdq_layout_and_scales_match_modelopt(spatial, profile, made, tmp_path):
+def test_qdq_layout_and_scales_match_modelopt(spatial, profile, tmp_path):
     """The reference producer for TensorRT, on the same graph and data: same sites, axes and scales."""
     quantization = pytest.importorskip("modelopt.onnx.quantization", reason="the quant extra is not installed")
     from pe_export.precision import qdq
     from pe_export.precision.calibrate import activation_amax
+    from pe_export.onnx.export import export_onnx
     from pe_export.precision.quantize import export_options
 
-    fp32 = ensure_onnx(spatial, export_options(profile)).path
+    fp32 = export_onnx(spatial, export_options(profile), tmp_path / "fp32.onnx").path
     section = profile.quantization.int8
     data = load_calibration("synthetic", 4, 512).batch
     reference = tmp_path / "modelopt.onnx"

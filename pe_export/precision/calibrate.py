@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pe_export.runners.onnxruntime import CPU, PROVIDERS
+
 
 class _OneBatch:
     """A CalibrationDataReader over a single batch."""
@@ -25,24 +27,32 @@ class _OneBatch:
         return self.feeds.pop() if self.feeds else None
 
 
+def calibration_provider(wanted: str) -> str:
+    """The provider calibration will run on: CUDA where asked for and present, else CPU."""
+    import onnxruntime
+
+    return "cuda" if wanted == "cuda" and PROVIDERS["cuda"] in onnxruntime.get_available_providers() else "cpu"
+
+
 def activation_amax(model: Path, calibration: np.ndarray, batch_size: int, method: str, op_types: list[str],
-                    input_name: str, work: Path) -> dict[str, float]:
+                    input_name: str, work: Path, provider: str = "cpu") -> dict[str, float]:
     """The symmetric range (absolute maximum) of every activation around the `op_types` nodes."""
     data = work / "calibration.npy"
     np.save(data, calibration)
+    providers = [PROVIDERS[calibration_provider(provider)], CPU]
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_calibrate, model, data, batch_size, method, op_types, input_name, work).result()
+        return pool.submit(_calibrate, model, data, batch_size, method, op_types, input_name, work, providers).result()
 
 
 def _calibrate(model: Path, data: Path, batch_size: int, method: str, op_types: list[str], input_name: str,
-               work: Path) -> dict[str, float]:
+               work: Path, providers: list[str]) -> dict[str, float]:
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
     calibration = np.load(data, mmap_mode="r")
     calibrator = create_calibrator(
         str(model), op_types_to_calibrate=op_types, augmented_model_path=str(work / "augmented.onnx"),
         calibrate_method=CalibrationMethod.Entropy if method == "entropy" else CalibrationMethod.MinMax,
-        use_external_data_format=True, extra_options={"symmetric": True},
+        use_external_data_format=True, providers=list(dict.fromkeys(providers)), extra_options={"symmetric": True},
     )
     # one batch per call: each call merges its batch into the running ranges and drops the tensors
     for start in range(0, len(calibration), batch_size):

@@ -12,7 +12,7 @@ import onnx
 from pe_export.errors import PeExportError
 from pe_export.precision import qdq
 from pe_export.precision.calibrate import activation_amax
-from pe_export.precision.profiles import ROPE_NODES, MixedSection, QuantSection
+from pe_export.precision.profiles import ROPE_NODES, CalibrationSection, MixedSection, QuantSection
 from pe_export.quiet import quiet
 
 MODELOPT_LOGGERS = ("modelopt", "polygraphy", "onnxruntime")
@@ -46,15 +46,15 @@ def calibration_method(precision: str, method: str) -> str:
 
 
 def quantize_qdq(source: Path, target: Path, precision: str, section: QuantSection, calibration: np.ndarray,
-                 batch_size: int, method: str, input_name: str, external: bool) -> None:
+                 settings: CalibrationSection, input_name: str, external: bool) -> None:
     """Explicit, symmetric Q/DQ (per-channel weights) from ranges streamed on CPU."""
     model = onnx.load(str(source), load_external_data=False)
     sites = qdq.plan(model.graph, section)
     if not sites:
         raise PeExportError(f"no node is left to quantize to {precision}: check the profile's op_types and exclude")
     with tempfile.TemporaryDirectory(dir=target.parent) as work:
-        amax = activation_amax(source, calibration, batch_size, calibration_method(precision, method),
-                               list(section.op_types), input_name, Path(work))
+        amax = activation_amax(source, calibration, settings.batch_size, calibration_method(precision, settings.method),
+                               list(section.op_types), input_name, Path(work), settings.provider)
     onnx.load_external_data_for_model(model, str(source.parent))
     qdq.insert_qdq(model, sites, amax, precision)
     onnx.save(model, str(target), save_as_external_data=external,

@@ -65,6 +65,8 @@ class CalibrationSection(Strict):
     seed: int = 0
     method: Literal["entropy", "max"] = "entropy"
     allow_fewer: bool = False
+    provider: Literal["cpu", "cuda"] = Field(
+        "cpu", description="onnxruntime provider that runs calibration; cuda falls back to cpu where it is missing")
 
 
 class QuantSection(Strict):

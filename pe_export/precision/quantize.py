@@ -16,6 +16,7 @@ from pe_export.errors import PeExportError, UsageError
 from pe_export.model import LoadedModel, load_model
 from pe_export.onnx.export import EXTERNAL_DATA_BYTES, INPUT_NAME, ExportOptions, ExportResult, ensure_onnx
 from pe_export.precision import convert
+from pe_export.precision.calibrate import calibration_provider
 from pe_export.precision.calibration import CalibrationSet, load_calibration
 from pe_export.precision.profiles import Profile, default_profile, find_profile
 from pe_export.variants import Variant, get_variant
@@ -169,7 +170,7 @@ def _convert(fp32: ExportResult, staged: Path, precision: str, profile: Profile,
         convert.mixed_precision(fp32.path, staged, precision, getattr(profile.quantization, precision), external)
     else:
         convert.quantize_qdq(fp32.path, staged, precision, getattr(profile.quantization, precision), calibration.batch,
-                             profile.calibration.batch_size, profile.calibration.method, INPUT_NAME, external)
+                             profile.calibration, INPUT_NAME, external)
 
 
 def _manifest(loaded, fp32: ExportResult, precision, profile: Profile, calibration, staged: Path) -> dict:
@@ -184,6 +185,7 @@ def _manifest(loaded, fp32: ExportResult, precision, profile: Profile, calibrati
         "profile": {"name": profile.name, "path": str(profile.path) if profile.path else None},
         "method": convert.calibration_method(precision, profile.calibration.method) if calibration is not None
         else "autocast",
+        "calibration_provider": calibration_provider(profile.calibration.provider) if calibration is not None else None,
         "exclusions": section.model_dump(),
         "calibration": calibration.describe() if calibration is not None else None,
         "qdq_nodes": convert.qdq_count(staged),
