@@ -248,6 +248,9 @@ def test_request_errors_come_before_loading(monkeypatch, tmp_path):
         quantize_variant(SPATIAL, "int8", random_init=True, profile="pe-lang-l14-datacenter")
     with pytest.raises(UsageError, match="unknown precision 'int4'"):
         quantize_variant(SPATIAL, "int4", random_init=True)
+    old = _profile(tmp_path, f"name: old\nvariant: {SPATIAL}\nexport: {{target: trt10}}\n")
+    with pytest.raises(UsageError, match="fp8 needs opset 19 or higher .* exports opset 17 for trt10"):
+        quantize_variant(SPATIAL, "fp8", random_init=True, profile=str(old))
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="no images"):
         quantize_variant(SPATIAL, "int8", random_init=True, calib=str(tmp_path / "empty"))

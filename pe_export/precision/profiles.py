@@ -98,6 +98,7 @@ class TensorRTSection(Strict):
     dla_core: Optional[int] = Field(None, ge=0)
 
 
+FP8_MIN_OPSET = 19
 DEFAULT_PARITY = {"fp32": 0.99999, "fp16": 0.999, "bf16": 0.99, "int8": 0.99, "fp8": 0.99}
 
 
@@ -129,6 +130,12 @@ class Profile(Strict):
         if precision not in self.precisions:
             raise UsageError(
                 f"profile {self.name} ({self.export.target}) cannot run {precision}; it allows {', '.join(self.precisions)}"
+            )
+        opset = self.export.opset or TARGETS[self.export.target].opset
+        if precision == "fp8" and opset < FP8_MIN_OPSET:
+            raise UsageError(
+                f"fp8 needs opset {FP8_MIN_OPSET} or higher (float8 QuantizeLinear), and profile {self.name} exports "
+                f"opset {opset} for {self.export.target}; use a TensorRT 10.15+/11 target or set export.opset"
             )
 
 
