@@ -1,14 +1,14 @@
 """onnxruntime CPU latency of the exported ONNX against PyTorch eager fp32, in one run.
 
 For each lowering (fused/decomposed RoPE x fused/decomposed attention) the script exports the
-variant (or reuses an export whose manifest matches), then times torch eager and every ONNX file round-robin at the same thread count, so the
-ratios are fair on a noisy machine. It prints a Markdown table and writes JSON.
+variant (or reuses an export whose manifest matches), then times torch eager and every ONNX file
+round-robin at the same thread count, so the ratios are fair on a noisy machine. It prints a
+Markdown table and writes JSON.
 
-It also times the MLP's two GEMMs alone (tokens x width @ width x 4*width @ 4*width x width)
-on onnxruntime in the same rounds, 20 times back to back as inside the model: the machine's fp32
-GEMM ceiling. Every row reports its achieved
-GFLOPS (2 x the variant's MACs per image), and the table ends with the lowest ratio to torch that
-any fp32 graph could reach at that ceiling.
+It also times the MLP's two GEMMs alone (tokens x width @ width x 4*width @ 4*width x width) on
+onnxruntime in the same rounds, 20 times back to back as inside the model: the machine's fp32 GEMM
+ceiling. Every row reports its achieved GFLOPS (2 x the variant's MACs per image), and the table
+ends with the lowest ratio to torch that any fp32 graph could reach at that ceiling.
 
     python benchmarks/onnx_latency.py --variant L14 --threads 2 --iters 5
 """

@@ -39,7 +39,7 @@ def activation_amax(model: Path, calibration: np.ndarray, batch_size: int, metho
     """The symmetric range (absolute maximum) of every activation around the `op_types` nodes."""
     data = work / "calibration.npy"
     np.save(data, calibration)
-    providers = [PROVIDERS[calibration_provider(provider)], CPU]
+    providers = [PROVIDERS["cuda"], CPU] if calibration_provider(provider) == "cuda" else [CPU]
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(_calibrate, model, data, batch_size, method, op_types, input_name, work, providers).result()
 
@@ -52,7 +52,7 @@ def _calibrate(model: Path, data: Path, batch_size: int, method: str, op_types: 
     calibrator = create_calibrator(
         str(model), op_types_to_calibrate=op_types, augmented_model_path=str(work / "augmented.onnx"),
         calibrate_method=CalibrationMethod.Entropy if method == "entropy" else CalibrationMethod.MinMax,
-        use_external_data_format=True, providers=list(dict.fromkeys(providers)), extra_options={"symmetric": True},
+        use_external_data_format=True, providers=providers, extra_options={"symmetric": True},
     )
     # one batch per call: each call merges its batch into the running ranges and drops the tensors
     for start in range(0, len(calibration), batch_size):
