@@ -17,12 +17,12 @@ import torch
 
 from pe_export.bench.bench import BenchSettings, run_bench
 from pe_export.bench.parity import run_parity
-from pe_export.bench.report import to_markdown
 from pe_export.model import load_model
-from pe_export.precision.profiles import find_profile
-from pe_export.trt.engine import build_settings, ensure_engine, precision_onnx
-
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
+from pe_export.precision.profiles import default_profile, find_profile
+from pe_export.precision.quantize import precision_onnx
+from pe_export.precisions import PRECISIONS
+from pe_export.report import to_markdown
+from pe_export.trt.engine import build_settings, ensure_engine
 
 
 def main() -> None:
@@ -44,10 +44,9 @@ def main() -> None:
 
     backends = ["torch", "torch-compile"]
     if not args.torch_only:
-        profile = find_profile(args.profile) if args.profile else None
+        chosen = find_profile(args.profile) if args.profile else default_profile(loaded.variant.name)
         engines = []
         for precision in PRECISIONS:
-            chosen = profile or _default(loaded)
             onnx_path = precision_onnx(loaded, precision, chosen, progress=print)
             settings = build_settings(chosen, precision, batch_min=1, batch_opt=max(batches), batch_max=max(batches))
             engines.append(ensure_engine(onnx_path, settings, progress=print).path)
@@ -61,12 +60,6 @@ def main() -> None:
     latency = run_bench(loaded, settings, progress=print)
     latency.write(args.out / "latency.json", args.out / "latency.md")
     print(to_markdown(latency))
-
-
-def _default(loaded):
-    from pe_export.precision.profiles import default_profile
-
-    return default_profile(loaded.variant.name)
 
 
 if __name__ == "__main__":

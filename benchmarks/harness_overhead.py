@@ -14,10 +14,11 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from pe_export.bench.bench import BenchSettings, bench_input, timed_iterations
+from pe_export.bench.bench import BenchSettings, timed_iterations
 from pe_export.model import load_model
 from pe_export.onnx.export import export_onnx
 from pe_export.runners.onnxruntime import OrtRunner
+from pe_export.validate import BENCH_SEED, seeded_batch
 
 VARIANT = "PE-Spatial-T16-512"
 
@@ -26,7 +27,7 @@ def main() -> None:
     loaded = load_model(VARIANT, random_init=True)
     with tempfile.TemporaryDirectory() as folder:
         runner = OrtRunner(export_onnx(loaded, output=Path(folder) / "m.onnx").path, threads=2)
-        x = bench_input(loaded, 1)
+        x = seeded_batch(loaded.variant, 1, BENCH_SEED)
         for _ in range(3):
             runner.run(x)
         iters = 30

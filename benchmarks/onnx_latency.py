@@ -27,7 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pe_export.bench.latency import summarize, wall_ms
 from pe_export.model import load_model
-from pe_export.onnx.export import ExportOptions, ensure_onnx, parity_input
+from pe_export.onnx.export import ExportOptions, ensure_onnx, export_input
 from pe_export.runners.onnxruntime import OrtRunner
 from pe_export.versions import versions
 
@@ -61,7 +61,7 @@ def main() -> None:
         nodes[label] = result.manifest["nodes"]
         print(f"exported {label}: {nodes[label]} nodes, {result.manifest['export_seconds']} s", flush=True)
 
-    x = parity_input(loaded.variant, args.batch)
+    x = export_input(loaded.variant, args.batch)
     x_np = x.numpy()
     gemm, gemm_input, gemm_flops = _gemm(loaded.variant, args.batch, args.out, args.threads)
     calls = {"torch eager fp32": lambda: _torch(loaded.model, x)}

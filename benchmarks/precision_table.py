@@ -20,11 +20,12 @@ from pathlib import Path
 import yaml
 
 from pe_export.bench.latency import summarize, wall_ms
-from pe_export.bench.parity import synthetic_inputs
+from pe_export.precisions import PRECISIONS as TABLE
 from pe_export.runners.onnxruntime import OrtRunner
+from pe_export.validate import synthetic_inputs
 from pe_export.variants import get_variant
 
-PRECISIONS = ("fp16", "bf16", "int8", "fp8")
+PRECISIONS = tuple(p.name for p in TABLE.values() if p.kind != "reference")
 
 
 def main() -> None:
@@ -59,11 +60,9 @@ def main() -> None:
         cost[precision] = _run([sys.executable, "-m", "pe_export.cli", "quantize", "-v", variant.name, "--random-init",
                                 "--precision", precision, "--profile", str(profile), "-o", str(path)])
 
-    runnable = {p: path for p, path in paths.items() if p != "bf16" and path.exists()}
+    runnable = {p: path for p, path in paths.items() if TABLE[p].runs_on_ort_cpu and path.exists()}
     runners = {p: OrtRunner(path, threads=args.threads) for p, path in runnable.items()}
-    from pe_export.model import load_model
-
-    x = synthetic_inputs(load_model(variant, random_init=True), 1).batch
+    x = synthetic_inputs(variant, 1).batch
     for runner in runners.values():
         runner.run(x)
     samples: dict[str, list[float]] = {p: [] for p in runners}

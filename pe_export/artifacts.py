@@ -94,11 +94,26 @@ def file_digests(paths: list[Path]) -> dict[str, dict]:
 
 
 def load_manifest(artifact: Path) -> dict | None:
+    """The artifact's manifest for a reuse decision: None when absent or unreadable (then it is rebuilt)."""
     path = manifest_path(artifact)
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def read_manifest(artifact: Path) -> dict | None:
+    """The artifact's manifest for reading what it holds: None when there is none, an error when it is corrupt."""
+    path = manifest_path(artifact)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read the manifest {path}: {exc}; delete it and make the artifact again") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} is not a pe-export manifest; delete it and make the artifact again")
+    return data
 
 
 def files_match(artifact: Path, manifest: dict) -> bool:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
-from enum import Enum
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional, get_args
 
 import typer
 from rich.console import Console
@@ -14,17 +17,29 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from pe_export import __version__
-from pe_export.errors import PeExportError
+from pe_export.errors import BadReport, PeExportError, UsageError
+from pe_export.onnx.targets import DEFAULT_TARGET, TARGETS, Lowering
+from pe_export.precision.profiles import HardwareCompat
+from pe_export.precisions import PRECISIONS
+from pe_export.report import CompareMode
+from pe_export.runners import BACKENDS
+from pe_export.runners.device import Device
+from pe_export.variants import OutputKind
+
+if TYPE_CHECKING:
+    from pe_export.model import ModelSource
+    from pe_export.report import Report
 
 app = typer.Typer(
     name="pe-export",
     help="Export Meta's Perception Encoder (PE) vision towers to ONNX, precision variants and TensorRT engines.",
-    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 console = Console()
 err_console = Console(stderr=True)
+# Typer raises click's exceptions, from click itself or from its own copy of click.
+ParserError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 VariantOpt = Annotated[
     str, typer.Option("--variant", "-v", help="Variant name, alias (L14, G14) or timm name; see `pe-export variants`.")
@@ -42,6 +57,67 @@ RandomInitOpt = Annotated[bool, typer.Option("--random-init", help="Deterministi
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for --random-init.")]
 
 
+@dataclass(frozen=True)
+class Choice:
+    """A closed set of option values taken from the library's own table: listed in --help, and
+    refused by the parser with the same words the library uses."""
+
+    kind: str
+    values: tuple[str, ...]
+
+    def option(self, *names: str, help: str) -> typer.models.OptionInfo:
+        return typer.Option(*names, parser=self.parse, metavar=f"[{'|'.join(self.values)}]", help=help)
+
+    def parse(self, value: str) -> str:
+        if value not in self.values:
+            raise typer.BadParameter(f"unknown {self.kind} {value!r}; choose one of: {', '.join(self.values)}")
+        return value
+
+
+TARGET = Choice("target", tuple(TARGETS))
+QUANTIZED = Choice("precision", tuple([p.name for p in PRECISIONS.values() if p.kind != "reference"]))
+LOWERING = Choice("lowering", tuple(get_args(Lowering)))
+OUTPUT = Choice("output", tuple(get_args(OutputKind)))
+DEVICE = Choice("device", tuple(get_args(Device)))
+COMPARE = Choice("comparison", tuple(get_args(CompareMode)))
+HARDWARE_COMPAT = Choice("hardware compatibility", tuple(get_args(HardwareCompat)))
+
+
+def model_command(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the model-source options (--variant, --checkpoint, --random-init, --seed) and
+    hand it one `ModelSource` as its `source` parameter (torch is imported only when a command runs)."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    own = [p.replace(kind=keyword, annotation=eval(p.annotation, command.__globals__))  # noqa: S307 - our own annotations
+           for p in inspect.signature(command).parameters.values() if p.name != "source"]
+    required = [p for p in own if p.default is inspect.Parameter.empty]
+    optional = [p for p in own if p.default is not inspect.Parameter.empty]
+    parameters = [
+        inspect.Parameter("variant", keyword, annotation=VariantOpt), *required,
+        inspect.Parameter("checkpoint", keyword, annotation=CheckpointOpt, default=None),
+        inspect.Parameter("random_init", keyword, annotation=RandomInitOpt, default=False),
+        inspect.Parameter("seed", keyword, annotation=SeedOpt, default=0), *optional,
+    ]
+
+    @functools.wraps(command)
+    def with_source(*, variant: str, checkpoint: Optional[str] = None, random_init: bool = False, seed: int = 0,
+                    **options: object) -> None:
+        from pe_export.model import ModelSource
+
+        command(source=ModelSource(variant, checkpoint, random_init, seed), **options)
+
+    del with_source.__wrapped__  # Typer reads the signature below, not the command's
+    with_source.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    with_source.__annotations__ = {p.name: p.annotation for p in parameters}
+    return with_source
+
+
+@dataclass
+class CliState:
+    """What the root options set for the whole run."""
+
+    debug: bool = False
+
+
 def _version(value: bool) -> None:
     if value:
         console.print(f"pe-export {__version__}")
@@ -50,12 +126,15 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")] = False,
 ) -> None:
     """Export PE vision towers (Core, Lang, Spatial) for edge and production runtimes."""
+    if isinstance(ctx.obj, CliState):
+        ctx.obj.debug = debug
 
 
 @app.command()
@@ -77,36 +156,21 @@ def variants() -> None:
 
 
 @app.command()
-def info(
-    variant: VariantOpt,
-    checkpoint: CheckpointOpt = None,
-    random_init: RandomInitOpt = False,
-    seed: SeedOpt = 0,
-) -> None:
+@model_command
+def info(source: ModelSource) -> None:
     """Load a variant's weights with a strict key check and show its configuration.
 
     Example: pe-export info --variant L14 --checkpoint PE-Lang-L14-448.pt
     """
-    from pe_export.info import describe
+    from pe_export.model.info import describe
 
-    _require_one_source(checkpoint, random_init)
-    result = describe(variant, checkpoint, random_init=random_init, seed=seed)
+    result = describe(source)
     table = Table(show_header=False, title=result.variant.name)
     table.add_column(style="bold")
     table.add_column()
     for key, value in result.rows():
         table.add_row(key, value)
     console.print(table)
-
-
-class Lowering(str, Enum):
-    fused = "fused"
-    decomposed = "decomposed"
-
-
-class Output(str, Enum):
-    tokens = "tokens"
-    pooled = "pooled"
 
 
 def _batch(value: str) -> Optional[int]:
@@ -118,23 +182,21 @@ def _batch(value: str) -> Optional[int]:
 
 
 @app.command("onnx")
+@model_command
 def onnx_export(
-    variant: VariantOpt,
-    checkpoint: CheckpointOpt = None,
-    random_init: RandomInitOpt = False,
-    seed: SeedOpt = 0,
+    source: ModelSource,
     output: Annotated[
         Optional[Path], typer.Option("--output-path", "-o", help="The .onnx file to write. Default: artifacts/<variant>/<variant>.<target>[.tags].onnx")
     ] = None,
     target: Annotated[
-        str, typer.Option(help="Runtime preset: trt11, trt10.15 (opset 23, fused RoPE and attention), trt10, jetson (opset 17, decomposed), ort.")
-    ] = "trt11",
+        str, TARGET.option(help="Runtime preset: trt11, trt10.15 (opset 23, fused RoPE and attention), trt10, jetson (opset 17, decomposed), ort.")
+    ] = DEFAULT_TARGET,
     opset: Annotated[Optional[int], typer.Option(help="ONNX opset; default from the target.")] = None,
-    rope: Annotated[Optional[Lowering], typer.Option(help="RoPE as one RotaryEmbedding node (fused, opset 23) or plain ops (decomposed).")] = None,
-    attention: Annotated[Optional[Lowering], typer.Option(help="Attention as one Attention node (fused, opset 23) or MatMul-Softmax-MatMul (decomposed).")] = None,
+    rope: Annotated[Optional[str], LOWERING.option(help="RoPE as one RotaryEmbedding node (fused, opset 23) or plain ops (decomposed).")] = None,
+    attention: Annotated[Optional[str], LOWERING.option(help="Attention as one Attention node (fused, opset 23) or MatMul-Softmax-MatMul (decomposed).")] = None,
     batch: Annotated[str, typer.Option(help="'dynamic' (default) or a fixed batch size.")] = "dynamic",
     output_kind: Annotated[
-        Optional[Output], typer.Option("--output", help="tokens (default for Lang/Spatial) or pooled (Core: attention-pooled and projected).")
+        Optional[str], OUTPUT.option("--output", help="tokens (default for Lang/Spatial) or pooled (Core: attention-pooled and projected).")
     ] = None,
     layer: Annotated[int, typer.Option(help="Take the tokens after this block (negative counts from the end).")] = -1,
     strip_cls: Annotated[bool, typer.Option("--strip-cls", help="Drop the class token from the tokens (what PLM feeds its LLM).")] = False,
@@ -151,17 +213,12 @@ def onnx_export(
     """
     from pe_export.onnx.export import ExportOptions, export_variant
 
-    _require_one_source(checkpoint, random_init)
     options = ExportOptions(
-        target=target, opset=opset, rope=rope.value if rope else None, attention=attention.value if attention else None,
-        batch=_batch(batch), output=output_kind.value if output_kind else None, layer=layer, strip_cls=strip_cls,
-        simplify=simplify,
+        target=target, opset=opset, rope=rope, attention=attention, batch=_batch(batch),
+        output=output_kind, layer=layer, strip_cls=strip_cls, simplify=simplify,
     )
     with console.status("checking options") as status:
-        result = export_variant(
-            variant, checkpoint, random_init=random_init, seed=seed, options=options, output=output,
-            progress=status.update,
-        )
+        result = export_variant(source, options=options, output=output, progress=status.update)
     m = result.manifest
     parity = m["parity"]
     console.print(f"[green]wrote[/] {result.path} ({m['nodes']} nodes, opset {m['opset']['ai.onnx']}, "
@@ -174,7 +231,7 @@ def onnx_export(
 @app.command()
 def check(
     model: Annotated[Path, typer.Argument(help="The .onnx file to lint.")],
-    target: Annotated[str, typer.Option(help="trt11, trt10.15, trt10, jetson or ort.")] = "trt11",
+    target: Annotated[str, TARGET.option(help="The runtime to check against.")] = DEFAULT_TARGET,
 ) -> None:
     """Lint an ONNX file for a target runtime; exit 1 if anything in it cannot run there.
 
@@ -195,12 +252,10 @@ def check(
 
 
 @app.command()
+@model_command
 def quantize(
-    variant: VariantOpt,
-    precision: Annotated[str, typer.Option(help="fp16 or bf16 (mixed precision), int8 or fp8 (explicit Q/DQ from calibration).")],
-    checkpoint: CheckpointOpt = None,
-    random_init: RandomInitOpt = False,
-    seed: SeedOpt = 0,
+    source: ModelSource,
+    precision: Annotated[str, QUANTIZED.option(help="fp16 or bf16 (mixed precision), int8 or fp8 (explicit Q/DQ from calibration).")],
     profile: Annotated[Optional[str], typer.Option(help="A profile name (see `pe-export profiles`) or a YAML file.")] = None,
     calib: Annotated[Optional[str], typer.Option(help="Calibration images: a folder, a glob ('photos/**/*.jpg') or 'synthetic'. Overrides the profile.")] = None,
     samples: Annotated[Optional[int], typer.Option(help="Calibration sample count. Overrides the profile.", min=1)] = None,
@@ -212,10 +267,9 @@ def quantize(
     """
     from pe_export.precision.quantize import quantize_variant
 
-    _require_one_source(checkpoint, random_init)
     with console.status("checking the request") as status:
-        result = quantize_variant(variant, precision, checkpoint, random_init=random_init, seed=seed, profile=profile,
-                                  calib=calib, samples=samples, output=output, progress=status.update)
+        result = quantize_variant(source, precision, profile=profile, calib=calib, samples=samples, output=output,
+                                  progress=status.update)
     m, row = result.manifest, result.parity
     console.print(f"[green]wrote[/] {result.path} ({precision}, Q/DQ nodes {m['qdq_nodes']['QuantizeLinear']}+"
                   f"{m['qdq_nodes']['DequantizeLinear']}, {m['seconds']} s)")
@@ -230,14 +284,6 @@ def quantize(
                       f"(min {row.cosine_min:.5f}), max abs {row.max_abs:.3g}, threshold {row.threshold}")
 
 
-class TrtPrecision(str, Enum):
-    fp16 = "fp16"
-    bf16 = "bf16"
-    int8 = "int8"
-    fp8 = "fp8"
-    fp32 = "fp32"
-
-
 def _batch_range(value: Optional[str]) -> dict:
     if not value:
         return {}
@@ -249,23 +295,21 @@ def _batch_range(value: Optional[str]) -> dict:
 
 
 @app.command()
+@model_command
 def trt(
-    variant: VariantOpt,
+    source: ModelSource,
     fp16: Annotated[bool, typer.Option("--fp16", help="FP16 mixed precision (the default).")] = False,
     bf16: Annotated[bool, typer.Option("--bf16", help="BF16 mixed precision.")] = False,
     int8: Annotated[bool, typer.Option("--int8", help="INT8 explicit Q/DQ from the profile's calibration.")] = False,
     fp8: Annotated[bool, typer.Option("--fp8", help="FP8 explicit Q/DQ (Ada, Hopper and later).")] = False,
     fp32: Annotated[bool, typer.Option("--fp32", help="Full fp32.")] = False,
     profile: Annotated[Optional[str], typer.Option(help="Profile name or YAML file: export options, calibration, TensorRT settings.")] = None,
-    checkpoint: CheckpointOpt = None,
-    random_init: RandomInitOpt = False,
-    seed: SeedOpt = 0,
     output: Annotated[Optional[Path], typer.Option("--output-path", "-o", help="The engine file. Default: beside its ONNX, .engine")] = None,
     batch: Annotated[Optional[str], typer.Option(help="Optimization profile MIN:OPT:MAX, e.g. 1:8:32. Default: the profile's.")] = None,
     workspace: Annotated[Optional[float], typer.Option(help="Workspace limit in GiB.")] = None,
     opt_level: Annotated[Optional[int], typer.Option(help="Builder optimization level 0-5.", min=0, max=5)] = None,
     timing_cache: Annotated[Optional[Path], typer.Option(help="Timing cache to load and save (faster rebuilds).")] = None,
-    hardware_compat: Annotated[Optional[str], typer.Option(help="'ampere+' for an engine that runs on any Ampere or newer GPU.")] = None,
+    hardware_compat: Annotated[Optional[str], HARDWARE_COMPAT.option(help="'ampere+' for an engine that runs on any Ampere or newer GPU.")] = None,
     version_compatible: Annotated[bool, typer.Option("--version-compatible", help="An engine later TensorRT versions can load.")] = False,
     dla_core: Annotated[Optional[int], typer.Option(help="Jetson: run on this DLA core with GPU fallback.", min=0)] = None,
     calib: Annotated[Optional[str], typer.Option(help="Calibration images for --int8/--fp8 (folder, glob or 'synthetic').")] = None,
@@ -277,21 +321,17 @@ def trt(
 
     Example: pe-export trt -v L14 --checkpoint PE-Lang-L14-448.pt --int8 --profile pe-lang-l14-datacenter
     """
-    from pe_export.errors import UsageError
     from pe_export.trt.engine import trt_variant
 
     chosen = [name for name, on in (("fp16", fp16), ("bf16", bf16), ("int8", int8), ("fp8", fp8), ("fp32", fp32)) if on]
     if len(chosen) > 1:
         raise UsageError(f"choose one precision, not {' and '.join('--' + c for c in chosen)}")
-    if hardware_compat not in (None, "none", "ampere+"):
-        raise UsageError("--hardware-compat takes 'ampere+' (or 'none')")
-    _require_one_source(checkpoint, random_init)
     with console.status("checking TensorRT and the GPU") as status:
         result = trt_variant(
-            variant, chosen[0] if chosen else "fp16", checkpoint, random_init=random_init, seed=seed, profile=profile,
-            output=output, calib=calib, progress=status.update, workspace_gib=workspace, opt_level=opt_level,
-            timing_cache=timing_cache, hardware_compat=hardware_compat,
-            version_compatible=version_compatible or None, dla_core=dla_core, **_batch_range(batch),
+            source, chosen[0] if chosen else "fp16", profile=profile, output=output, calib=calib,
+            progress=status.update, workspace_gib=workspace, opt_level=opt_level, timing_cache=timing_cache,
+            hardware_compat=hardware_compat, version_compatible=version_compatible or None,
+            dla_core=dla_core, **_batch_range(batch),
         )
     m = result.metadata
     console.print(f"[green]wrote[/] {result.path} ({m['precision']}, {m['engine_bytes'] / 2**20:.1f} MiB, "
@@ -323,12 +363,10 @@ def _progress() -> Progress:
 
 
 @app.command()
+@model_command
 def parity(
-    variant: VariantOpt,
+    source: ModelSource,
     artifacts: Annotated[Optional[list[Path]], typer.Argument(help="ONNX files or engines. Default: every artifact with a manifest under artifacts/<variant>/.")] = None,
-    checkpoint: CheckpointOpt = None,
-    random_init: RandomInitOpt = False,
-    seed: SeedOpt = 0,
     images: Annotated[Optional[Path], typer.Option(help="A folder of images (adds top-1 retrieval agreement).")] = None,
     synthetic: Annotated[int, typer.Option(help="Seeded synthetic inputs when no --images.", min=1)] = 8,
     threads: Annotated[Optional[int], typer.Option(help="Threads for onnxruntime CPU.", min=1)] = None,
@@ -338,17 +376,15 @@ def parity(
     """Compare artifacts with the torch fp32 reference on the same inputs; exit 1 if one misses its threshold.
 
     Per artifact: token cosine (mean and min), pooled cosine, max abs, relative L2 and, with
-    --images, top-1 retrieval agreement. Thresholds per precision: fp32 0.99999, fp16 0.999,
-    bf16/int8/fp8 0.99 (token cosine mean).
+    --images, top-1 retrieval agreement. Thresholds per precision (token cosine mean):
+    THRESHOLDS.
 
     Example: pe-export parity -v L14 --random-init artifacts/PE-Lang-L14-448/*.onnx --images photos/
     """
     from pe_export.bench.parity import run_parity
-    from pe_export.model import load_model
 
-    _require_one_source(checkpoint, random_init)
     with console.status("loading weights"):
-        loaded = load_model(variant, checkpoint, random_init=random_init, seed=seed)
+        loaded = source.load()
     with _progress() as bar:
         task = bar.add_task("parity", total=len(artifacts) if artifacts else None)
         report = run_parity(loaded, artifacts or (), images, synthetic, threads=threads,
@@ -358,26 +394,29 @@ def parity(
         raise typer.Exit(1)
 
 
+parity.__doc__ = (parity.__doc__ or "").replace(
+    "THRESHOLDS", ", ".join(f"{p.name} {p.threshold}" for p in PRECISIONS.values()))
+
+
 @app.command()
+@model_command
 def bench(
-    variant: VariantOpt,
-    checkpoint: CheckpointOpt = None,
-    random_init: RandomInitOpt = False,
-    seed: SeedOpt = 0,
-    backends: Annotated[str, typer.Option(help="Comma list: torch, torch-compile, onnxruntime, onnxruntime-cuda, onnxruntime-trt, tensorrt.")] = "torch,onnxruntime",
-    precision: Annotated[str, typer.Option(help="Comma list: fp32, bf16, fp16, int8, fp8.")] = "fp32",
+    source: ModelSource,
+    backends: Annotated[str, typer.Option(help=f"Comma list of {', '.join(BACKENDS)}.")] = "torch,onnxruntime",
+    precision: Annotated[str, typer.Option(help=f"Comma list of {', '.join(PRECISIONS)}.")] = "fp32",
     batch: Annotated[str, typer.Option(help="Comma list of batch sizes, e.g. 1,8,32.")] = "1",
     warmup: Annotated[int, typer.Option(help="Untimed runs before timing.", min=0)] = 2,
     iters: Annotated[int, typer.Option(help="Timed runs per row.", min=1)] = 10,
     seconds: Annotated[Optional[float], typer.Option(help="Time each row for this long instead of --iters.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch and onnxruntime.", min=1)] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda (torch backends; GPU timing with CUDA events).")] = "cpu",
+    cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="TensorRT rows: capture one CUDA graph per batch size and time its replay.")] = False,
+    device: Annotated[str, DEVICE.option(help="Where the torch backends run (GPU timing with CUDA events).")] = "cpu",
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON (schema pe-export/latency/1).")] = None,
     md_path: Annotated[Optional[Path], typer.Option("--md", help="Write the report as a Markdown table.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of throughput against batch size.")] = None,
     baseline: Annotated[Optional[Path], typer.Option(help="A previous latency JSON to compare with.")] = None,
     max_regression: Annotated[float, typer.Option(help="With --baseline: allowed slow-down in percent.")] = 10.0,
-    compare: Annotated[str, typer.Option(help="With --baseline: 'absolute' p50 times, or 'ratio' to torch fp32 in the same run (for noisy machines).")] = "absolute",
+    compare: Annotated[str, COMPARE.option(help="With --baseline: 'absolute' p50 times, or 'ratio' to torch fp32 in the same run (for noisy machines).")] = "absolute",
 ) -> None:
     """Measure latency (min/mean/p50/p90/p95/p99), throughput and peak memory per backend, precision and batch.
 
@@ -385,34 +424,29 @@ def bench(
     """
     from pydantic import ValidationError
 
-    from pe_export.bench.bench import BenchSettings, regressions, run_bench
-    from pe_export.bench.report import load_report
-    from pe_export.errors import UsageError
-    from pe_export.model import load_model
+    from pe_export.bench.bench import BenchSettings, check_request, regressions, run_bench, skipped_pairs
+    from pe_export.bench.plot import plot_throughput, require_plotting
+    from pe_export.report import load_report
 
-    _require_one_source(checkpoint, random_init)
     try:
         settings = BenchSettings(
             backends=_csv(backends), precisions=_csv(precision), batches=[int(b) for b in _csv(batch)],
-            warmup=warmup, iters=iters, seconds=seconds, threads=threads, device=device,
+            warmup=warmup, iters=iters, seconds=seconds, threads=threads, device=device, cuda_graph=cuda_graph,
         )
     except (ValidationError, ValueError) as exc:
         raise UsageError(f"bad bench settings: {_first_error(exc)}") from None
-    if compare not in ("absolute", "ratio"):
-        raise UsageError("--compare takes 'absolute' or 'ratio'")
-    past = _read_baseline(baseline, load_report) if baseline else None
+    check_request(settings)
+    if plot:
+        require_plotting()
+    past = _baseline(baseline, load_report) if baseline else None
     with console.status("loading weights"):
-        loaded = load_model(variant, checkpoint, random_init=random_init, seed=seed)
-    from pe_export.bench.bench import skipped_pairs
-
+        loaded = source.load()
     rows = (len(settings.backends) * len(settings.precisions) - len(skipped_pairs(settings))) * len(settings.batches)
     with _progress() as bar:
         task = bar.add_task("rows", total=rows)
         report = run_bench(loaded, settings, on_row=lambda row: bar.advance(task), progress=lambda s: bar.update(task, description=s))
     _finish(report, json_path, md_path)
     if plot and report.results:
-        from pe_export.bench.plot import plot_throughput
-
         plot_throughput(report, plot)
         console.print(f"plot: {plot}")
     if past is not None:
@@ -432,17 +466,15 @@ def _first_error(exc: Exception) -> str:
     return str(exc)
 
 
-def _read_baseline(path: Path, load_report):
-    from pe_export.errors import UsageError
-
+def _baseline(path: Path, load_report: Callable[[Path], Report]) -> Report:
     try:
         return load_report(path)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot use {path} as a baseline: {_first_error(exc)}") from None
+    except BadReport as exc:
+        raise UsageError(f"cannot use {path} as a baseline: {exc}") from None
 
 
-def _finish(report, json_path: Optional[Path], md_path: Optional[Path]) -> None:
-    from pe_export.bench.report import to_markdown
+def _finish(report: Report, json_path: Optional[Path], md_path: Optional[Path]) -> None:
+    from pe_export.report import to_markdown
 
     console.print(to_markdown(report), highlight=False)
     report.write(json_path, md_path)
@@ -454,26 +486,27 @@ def _finish(report, json_path: Optional[Path], md_path: Optional[Path]) -> None:
         raise typer.Exit(130)
 
 
-def _require_one_source(checkpoint: Optional[str], random_init: bool) -> None:
-    from pe_export.errors import UsageError
-
-    if checkpoint and random_init:
-        raise UsageError("give either --checkpoint or --random-init, not both")
-
-
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; library errors become one red line and their exit code (a traceback with --debug)."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    """Run the CLI. Every error is one red line and its exit code (a traceback with --debug);
+    Ctrl-C exits with 130 (Typer's own handling)."""
+    state = CliState()
+    args = list(sys.argv[1:] if argv is None else argv) or ["--help"]
     try:
-        app(args=args, prog_name="pe-export")
+        code = app(args=args, prog_name="pe-export", obj=state, standalone_mode=False)
+    except ParserError as exc:  # bad options: the parser's own message, on one line
+        where = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) else ""
+        _error(exc.format_message() + where)
+        code = exc.exit_code
     except PeExportError as exc:
-        if "--debug" in args:
+        if state.debug:
             raise
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
-        raise SystemExit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        err_console.print("[bold red]interrupted[/]")
-        raise SystemExit(130) from None
+        _error(str(exc))
+        code = exc.exit_code
+    raise SystemExit(code or 0)
+
+
+def _error(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,15 @@
-"""Giving freed memory back to the operating system between the stages of one process."""
+"""Memory of this process: giving freed memory back between stages, and its peak per measured step."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import gc
+import resource
+from pathlib import Path
+
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+_STATUS = Path("/proc/self/status")
 
 
 def release_memory() -> None:
@@ -17,3 +22,21 @@ def release_memory() -> None:
         ctypes.CDLL(libc_name).malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+def reset_peak_rss() -> bool:
+    """Start a new high-water mark (Linux: writing 5 to clear_refs resets VmHWM). False where unsupported."""
+    try:
+        _CLEAR_REFS.write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """VmHWM since the last reset where Linux offers it, else the process's lifetime peak."""
+    if _STATUS.is_file():
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,5 +1,9 @@
+"""Shared test set-up: the reference fixtures made with Meta's code, offline hub, two threads."""
+
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -7,17 +11,48 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT.parent / "shared" / "fixtures"
-FIXTURE_NAMES = ("PE-Core-T16-384", "PE-Spatial-T16-512")
 
 
-def fixture_checkpoint(name: str) -> Path:
-    return FIXTURES / f"{name}_s0.pt"
+@dataclass(frozen=True)
+class ReferenceFixtures:
+    """Meta's T16 state dicts and their reference outputs (see shared/fixtures/README.md)."""
+
+    folder: Path
+    names: tuple[str, ...] = ("PE-Core-T16-384", "PE-Spatial-T16-512")
+
+    def checkpoint(self, name: str) -> Path:
+        return self.folder / f"{name}_s0.pt"
+
+    def outputs(self, name: str) -> dict[str, np.ndarray]:
+        with np.load(self.folder / f"{name}_s0.npz") as data:
+            return {k: data[k] for k in data.files}
 
 
-def fixture_outputs(name: str) -> dict[str, np.ndarray]:
-    with np.load(FIXTURES / f"{name}_s0.npz") as data:
-        return {k: data[k] for k in data.files}
+@pytest.fixture(scope="session")
+def fixtures() -> ReferenceFixtures:
+    """The fixtures folder: PE_EXPORT_FIXTURES where set (CI checks them out into its workspace),
+    else ../shared/fixtures beside the checkout."""
+    folder = Path(os.environ.get("PE_EXPORT_FIXTURES") or ROOT.parent / "shared" / "fixtures")
+    if not folder.is_dir():
+        pytest.exit(f"reference fixtures not found at {folder}; set PE_EXPORT_FIXTURES", returncode=4)
+    return ReferenceFixtures(folder)
+
+
+@pytest.fixture(scope="session")
+def latency_report():
+    """A latency report of planted rows: latency_report([("torch", 100.0), ("onnxruntime", 80.0, batch)])."""
+    from pe_export.report import LatencyMs, LatencyRow, make_report
+
+    def row(backend: str, p50: float, batch: int = 1, precision: str = "fp32") -> LatencyRow:
+        lat = LatencyMs(min=p50, mean=p50, p50=p50, p90=p50, p95=p50, p99=p50)
+        return LatencyRow(backend=backend, precision=precision, batch=batch, latency_ms=lat,
+                          throughput_ips=batch * 1000 / p50, peak_rss_mb=100.0, iters=5)
+
+    def report(rows: list[tuple]):
+        return make_report("latency", "PE-Spatial-T16-512", "test cpu", {"torch": "x"}, {"iters": 5},
+                           [row(*r) for r in rows])
+
+    return report
 
 
 @pytest.fixture(autouse=True, scope="session")

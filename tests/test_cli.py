@@ -4,7 +4,6 @@ import pytest
 
 from pe_export import __version__
 from pe_export.cli import main
-from tests.conftest import fixture_checkpoint
 
 
 def run(capsys, *args):
@@ -29,9 +28,9 @@ def test_variants_table(capsys, monkeypatch):
     assert out.count("PE-") == 12
 
 
-def test_info_with_checkpoint(capsys, monkeypatch):
+def test_info_with_checkpoint(fixtures, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
-    code, out, _ = run(capsys, "info", "--variant", "pe-core-t16-384", "--checkpoint", str(fixture_checkpoint("PE-Core-T16-384")))
+    code, out, _ = run(capsys, "info", "--variant", "pe-core-t16-384", "--checkpoint", str(fixtures.checkpoint("PE-Core-T16-384")))
     assert code == 0
     assert "6,140,544" in out and "all 163 tensors match" in out and "4ffffb845efe932d" in out
 
@@ -46,12 +45,13 @@ def test_info_random_init(capsys, monkeypatch):
     "args, message",
     [
         (["info", "-v", "L41", "--random-init"], "unknown variant 'L41'; did you mean: L14"),
-        (["info", "-v", "PE-Spatial-T16-512", "-c", str(fixture_checkpoint("PE-Core-T16-384"))], "is a PE-Core-T16-384 checkpoint"),
+        (["info", "-v", "PE-Spatial-T16-512", "-c", "{PE-Core-T16-384}"], "is a PE-Core-T16-384 checkpoint"),
         (["info", "-v", "L14", "-c", "/no/such/file.pt"], "checkpoint not found"),
         (["info", "-v", "L14", "-c", "x.pt", "--random-init"], "either --checkpoint or --random-init"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(capsys, args, message):
+def test_bad_input_is_one_line_and_exit_2(fixtures, capsys, args, message):
+    args = [str(fixtures.checkpoint(a[1:-1])) if a.startswith("{") else a for a in args]  # {name}: its fixture
     code, _, err = run(capsys, *args)
     assert code == 2
     assert message in err
@@ -65,10 +65,10 @@ def test_debug_shows_the_traceback(capsys):
         main(["--debug", "info", "-v", "L41", "--random-init"])
 
 
-def test_onnx_and_check_commands(capsys, monkeypatch, tmp_path):
+def test_onnx_and_check_commands(fixtures, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("COLUMNS", "200")
     path = tmp_path / "sp.onnx"
-    code, out, _ = run(capsys, "onnx", "-v", "PE-Spatial-T16-512", "-c", str(fixture_checkpoint("PE-Spatial-T16-512")),
+    code, out, _ = run(capsys, "onnx", "-v", "PE-Spatial-T16-512", "-c", str(fixtures.checkpoint("PE-Spatial-T16-512")),
                        "--target", "jetson", "--batch", "2", "-o", str(path))
     assert code == 0 and f"wrote {path}" in out and "cosine min" in out
     code, out, _ = run(capsys, "check", str(path), "--target", "jetson")
@@ -105,12 +105,12 @@ def test_onnx_bad_input(capsys, args, message):
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
-def test_parity_and_bench_commands(capsys, monkeypatch, tmp_path):
+def test_parity_and_bench_commands(fixtures, capsys, monkeypatch, tmp_path):
     import json
 
     monkeypatch.setenv("COLUMNS", "200")
     monkeypatch.chdir(tmp_path)
-    ckpt = str(fixture_checkpoint("PE-Spatial-T16-512"))
+    ckpt = str(fixtures.checkpoint("PE-Spatial-T16-512"))
     code, out, _ = run(capsys, "bench", "-v", "PE-Spatial-T16-512", "-c", ckpt, "--batch", "1", "--iters", "2",
                        "--warmup", "0", "--json", "lat.json", "--md", "lat.md", "--plot", "lat.png")
     assert code == 0 and "| onnxruntime | fp32 | 1 |" in out
@@ -152,13 +152,13 @@ def test_harness_bad_input(capsys, args, message):
     assert code == 2 and message in err and "Traceback" not in err
 
 
-def test_profiles_and_quantize_commands(capsys, monkeypatch, tmp_path):
+def test_profiles_and_quantize_commands(fixtures, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("COLUMNS", "250")
     code, out, _ = run(capsys, "profiles")
     assert code == 0 and "pe-lang-l14-jetson-orin" in out and "jetson" in out
     path = tmp_path / "sp.fp16.onnx"
     monkeypatch.chdir(tmp_path)
-    code, out, _ = run(capsys, "quantize", "-v", "PE-Spatial-T16-512", "-c", str(fixture_checkpoint("PE-Spatial-T16-512")),
+    code, out, _ = run(capsys, "quantize", "-v", "PE-Spatial-T16-512", "-c", str(fixtures.checkpoint("PE-Spatial-T16-512")),
                        "--precision", "fp16", "-o", str(path))
     assert code == 0 and f"wrote {path}" in out and "token cosine mean" in out and path.is_file()
 

@@ -4,31 +4,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Literal, Optional
+from typing import Optional
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pe_export.bench.backends import RunnerOpener, runner_opener
 from pe_export.bench.latency import cuda_event_ms, summarize, wall_ms
-from pe_export.bench.memory import peak_rss_mb, reset_peak_rss
-from pe_export.bench.report import LatencyRow, Report, make_report
-from pe_export.errors import UsageError
+from pe_export.errors import Unavailable
+from pe_export.memory import peak_rss_mb, reset_peak_rss
 from pe_export.model import LoadedModel
-from pe_export.runners.device import cpu_name, cuda_name
+from pe_export.precision.convert import require_tools
+from pe_export.precisions import PRECISIONS
+from pe_export.report import CompareMode, LatencyRow, Report, make_report
+from pe_export.runners import BACKENDS, Runner
+from pe_export.runners.device import Device, cpu_name, cuda_name
+from pe_export.validate import BENCH_SEED, seeded_batch
 from pe_export.versions import versions
-
-BACKENDS = ("torch", "torch-compile", "onnxruntime", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt")
-PRECISIONS = ("fp32", "bf16", "fp16", "int8", "fp8")
-# What each backend can run; other pairs of a backend x precision grid are skipped and reported.
-RUNS = {
-    "torch": {"fp32", "bf16", "fp16"},
-    "torch-compile": {"fp32", "bf16", "fp16"},
-    "onnxruntime": {"fp32", "fp16", "int8", "fp8"},  # no bf16 kernels on the CPU
-    "onnxruntime-cuda": set(PRECISIONS),
-    "onnxruntime-trt": set(PRECISIONS),
-    "tensorrt": set(PRECISIONS),
-}
 
 
 class BenchSettings(BaseModel):
@@ -41,7 +34,8 @@ class BenchSettings(BaseModel):
     iters: Optional[int] = Field(10, ge=1)
     seconds: Optional[float] = Field(None, gt=0)
     threads: Optional[int] = Field(None, ge=1)
-    device: Literal["cpu", "cuda"] = "cpu"
+    device: Device = "cpu"
+    cuda_graph: bool = False  # TensorRT rows replay a captured CUDA graph
 
     @field_validator("backends", "precisions")
     @classmethod
@@ -53,18 +47,18 @@ class BenchSettings(BaseModel):
             raise ValueError(f"unknown {kind}(s) {', '.join(unknown)}; choose from {', '.join(allowed)}")
         return value
 
+    @model_validator(mode="after")
+    def _graphs_need_tensorrt(self) -> "BenchSettings":
+        if self.cuda_graph and "tensorrt" not in self.backends:
+            raise ValueError("--cuda-graph applies to the tensorrt backend only")
+        return self
+
     @field_validator("batches")
     @classmethod
     def _positive_batches(cls, value: list[int]) -> list[int]:
         if not value or any(b < 1 for b in value):
             raise ValueError("batch sizes must be positive")
         return value
-
-
-def bench_input(loaded: LoadedModel, batch: int) -> np.ndarray:
-    size = loaded.variant.image_size
-    gen = torch.Generator().manual_seed(2)
-    return (torch.rand(batch, 3, size, size, generator=gen) * 2 - 1).numpy()
 
 
 def timed_iterations(run: Callable[[], object], settings: BenchSettings, tick: Callable[[], None],
@@ -80,7 +74,7 @@ def timed_iterations(run: Callable[[], object], settings: BenchSettings, tick: C
     return samples
 
 
-def measure_row(runner, backend: str, precision: str, batch: np.ndarray, settings: BenchSettings,
+def measure_row(runner: Runner, backend: str, precision: str, batch: np.ndarray, settings: BenchSettings,
                 tick: Callable[[], None] = lambda: None) -> LatencyRow:
     reset_peak_rss()
     cuda = settings.device == "cuda" and torch.cuda.is_available()
@@ -98,24 +92,25 @@ def measure_row(runner, backend: str, precision: str, batch: np.ndarray, setting
 def bench_rows(
     loaded: LoadedModel,
     settings: BenchSettings,
-    open_runner: Callable[[str, str], object],
+    open_runner: RunnerOpener,
     on_row: Callable[[LatencyRow], None] = lambda row: None,
     tick: Callable[[], None] = lambda: None,
 ) -> Iterator[LatencyRow]:
     """Rows in order backend x precision x batch; a runner is opened once per backend and precision."""
     for backend in settings.backends:
         for precision in settings.precisions:
-            if precision not in RUNS[backend]:
+            if not BACKENDS[backend].runs(precision):
                 continue
             with open_runner(backend, precision) as runner:
                 for batch in settings.batches:
-                    row = measure_row(runner, backend, precision, bench_input(loaded, batch), settings, tick)
+                    inputs = seeded_batch(loaded.variant, batch, BENCH_SEED)
+                    row = measure_row(runner, backend, precision, inputs, settings, tick)
                     on_row(row)
                     yield row
 
 
 def skipped_pairs(settings: BenchSettings) -> list[str]:
-    return [f"{b} {p}" for b in settings.backends for p in settings.precisions if p not in RUNS[b]]
+    return [f"{b} {p}" for b in settings.backends for p in settings.precisions if not BACKENDS[b].runs(p)]
 
 
 def latency_report(loaded: LoadedModel, settings: BenchSettings, rows: list[LatencyRow], device: str | None = None,
@@ -127,7 +122,7 @@ def latency_report(loaded: LoadedModel, settings: BenchSettings, rows: list[Late
 
 
 def regressions(report: Report, baseline: Report, max_regression_pct: float,
-                mode: Literal["absolute", "ratio"] = "absolute", reference: str = "torch") -> list[str]:
+                mode: CompareMode = "absolute", reference: str = "torch") -> list[str]:
     """Rows slower than the baseline's by more than the threshold (p50).
 
     `ratio` compares each row's p50 relative to the `reference` backend's row of the same precision
@@ -157,9 +152,14 @@ def regressions(report: Report, baseline: Report, max_regression_pct: float,
     return sorted(found)
 
 
-def check_settings_for(settings: BenchSettings) -> None:
+def check_request(settings: BenchSettings) -> None:
+    """Refuse, before any work, a run this machine cannot do: no GPU, or a converter not installed."""
     if settings.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda needs a CUDA GPU and a CUDA build of torch; none is available here")
+        raise Unavailable("--device cuda needs a CUDA GPU and a CUDA build of torch; none is available here")
+    for backend in settings.backends:
+        for precision in settings.precisions:
+            if BACKENDS[backend].runtime != "torch" and BACKENDS[backend].runs(precision):
+                require_tools(precision)
 
 
 def run_bench(
@@ -170,12 +170,10 @@ def run_bench(
     progress: Callable[[str], None] = lambda step: None,
 ) -> Report:
     """Every backend x precision x batch row; Ctrl-C keeps the finished rows (report.interrupted)."""
-    from pe_export.bench.backends import runner_opener
-
-    check_settings_for(settings)
+    check_request(settings)
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    opener = runner_opener(loaded, settings.threads, settings.device, progress)
+    opener = runner_opener(loaded, settings.threads, settings.device, settings.cuda_graph, progress)
     rows: list[LatencyRow] = []
     device = cuda_name() if settings.device == "cuda" else None
     try:

@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-from pe_export.bench.report import LatencyMs
+from pe_export.report import LatencyMs
 
 
 def wall_ms(run: Callable[[], object]) -> float:

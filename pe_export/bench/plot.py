@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pe_export.bench.report import Report
-from pe_export.errors import UsageError
+from pe_export.errors import require_extra
+from pe_export.report import Report
+
+
+def require_plotting() -> None:
+    require_extra("plot", "--plot", "matplotlib")
 
 
 def plot_throughput(report: Report, path: Path) -> None:
-    try:
-        import matplotlib
+    require_plotting()
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise UsageError("--plot needs matplotlib: pip install 'pe-export[plot]'") from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     lines: dict[str, list[tuple[int, float]]] = {}
     for row in report.results:
         lines.setdefault(f"{row.backend} {row.precision}", []).append((row.batch, row.throughput_ips))

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from pe_export.artifacts import file_sha256
+from pe_export.errors import UsageError
 from pe_export.model.checkpoint import check_keys, read_checkpoint
 from pe_export.model.hub import resolve_checkpoint
 from pe_export.model.pe import PEVisionTower
@@ -93,3 +94,20 @@ def load_model(
     # assign=True adopts the loaded tensors instead of copying them into freshly allocated ones.
     model.load_state_dict(state, strict=True, assign=True)
     return LoadedModel(variant, model.eval(), WeightSource(path, file_sha256(path), None))
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Which weights a command works on: a variant with a checkpoint, its hub file, or random init."""
+
+    variant: str | Variant
+    checkpoint: str | Path | None = None
+    random_init: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.checkpoint and self.random_init:
+            raise UsageError("give either --checkpoint or --random-init, not both")
+
+    def load(self, dtype: torch.dtype = torch.float32) -> LoadedModel:
+        return load_model(self.variant, self.checkpoint, random_init=self.random_init, seed=self.seed, dtype=dtype)

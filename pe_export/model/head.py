@@ -3,15 +3,11 @@ token) or the pooled, projected embedding of Core variants."""
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
 from pe_export.errors import UsageError
 from pe_export.model.pe import PEVisionTower
-from pe_export.variants import Variant
-
-OutputKind = Literal["tokens", "pooled"]
+from pe_export.variants import OutputKind, Variant
 
 
 def check_output(variant: Variant, output: OutputKind, layer: int, strip_cls: bool) -> None:
@@ -38,6 +34,13 @@ class OutputHead(torch.nn.Module):
         # ln_post belongs to the last block's output only
         self.norm = layer % model.variant.layers == model.variant.layers - 1
         self.strip_cls = strip_cls
+        self.key = (output, layer, strip_cls)  # heads with the same key compute the same output
+
+    @classmethod
+    def for_options(cls, model: PEVisionTower, options: dict) -> "OutputHead":
+        """The head an artifact's manifest options describe (the variant's default output where unset)."""
+        return cls(model, options.get("output", model.variant.default_output), options.get("layer", -1),
+                   options.get("strip_cls", False))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if self.pooled:

@@ -7,8 +7,6 @@ eager mode computes its tables on the fly.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,7 +15,6 @@ from pe_export.model.rope import rope_tables, rotary
 from pe_export.variants import POOLER_HEADS, POOLER_MLP_RATIO, Variant
 
 LN_EPS = 1e-5
-OutputName = Literal["tokens", "pooled"]
 
 
 class Mlp(nn.Sequential):

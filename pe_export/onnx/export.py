@@ -15,17 +15,17 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from pe_export import artifacts
-from pe_export.bench.metrics import compare
-from pe_export.errors import PeExportError, UsageError
+from pe_export.errors import CheckFailed, UsageError
 from pe_export.memory import release_memory
-from pe_export.model import LoadedModel, load_model
-from pe_export.model.head import OutputHead, OutputKind, check_output
+from pe_export.model import LoadedModel, ModelSource
+from pe_export.model.head import OutputHead, check_output
 from pe_export.onnx import passes
-from pe_export.onnx.lowering import FUSED_MIN_OPSET, Lowering, translation_table
-from pe_export.onnx.targets import DEFAULT_TARGET, Target, get_target
+from pe_export.onnx.lowering import FUSED_MIN_OPSET, translation_table
+from pe_export.onnx.targets import DEFAULT_TARGET, Lowering, Target, get_target
 from pe_export.quiet import quiet
 from pe_export.runners.onnxruntime import OrtRunner
-from pe_export.variants import Variant, get_variant
+from pe_export.validate import EXPORT_SEED, compare, seeded_batch
+from pe_export.variants import OutputKind, Variant, get_variant
 from pe_export.versions import versions
 
 INPUT_NAME = "pixel_values"
@@ -35,7 +35,6 @@ EXPORTER_OPSET = 18  # torch's exporter builds at 18 and up; lower opsets are co
 # file at 2 GB, and a single-file save holds two extra copies of the weights in memory (the proto
 # and its serialized bytes): for L14 that is 4.8 GB peak instead of 1.5 GB.
 EXTERNAL_DATA_BYTES = 512 * 2**20
-PARITY_SEED = 0
 
 
 class ExportOptions(BaseModel):
@@ -126,34 +125,25 @@ class ExportResult:
     manifest_path: Path
     manifest: dict
 
-    @property
-    def parity(self) -> dict:
-        return self.manifest["parity"]
-
 
 def default_output_path(variant: Variant, spec: ResolvedExport, root: Path = Path("artifacts")) -> Path:
     return root / variant.name / f"{spec.file_stem(variant.name)}.onnx"
 
 
-def parity_input(variant: Variant, batch: int) -> torch.Tensor:
-    """A fixed, seeded batch in the model's input range [-1, 1]."""
-    size = variant.image_size
-    gen = torch.Generator().manual_seed(PARITY_SEED)
-    return torch.rand(batch, 3, size, size, generator=gen) * 2 - 1
+def export_input(variant: Variant, batch: int) -> torch.Tensor:
+    """The seeded batch that traces the graph and proves the export."""
+    return torch.from_numpy(seeded_batch(variant, batch, EXPORT_SEED))
 
 
 def export_variant(
-    variant: str | Variant,
-    checkpoint: str | Path | None = None,
+    source: ModelSource,
     *,
-    random_init: bool = False,
-    seed: int = 0,
     options: ExportOptions = ExportOptions(),
     output: Path | None = None,
     progress: Callable[[str], None] = lambda step: None,
 ) -> ExportResult:
-    """Load a variant's weights and export it; options and the output path are checked before loading."""
-    variant = get_variant(variant)
+    """Load the source's weights and export them; options and the output path are checked before loading."""
+    variant = get_variant(source.variant)
     spec = resolve(options, variant)
     path = Path(output) if output else default_output_path(variant, spec)
     artifacts.prepare_destination(path)
@@ -162,7 +152,7 @@ def export_variant(
     # call returns).
     def load() -> LoadedModel:
         progress("loading weights")
-        return load_model(variant, checkpoint, random_init=random_init, seed=seed)
+        return source.load()
 
     return _export(load, options, path, progress, owns_weights=True)
 
@@ -256,14 +246,14 @@ def _references(head: OutputHead, variant: Variant, spec: ResolvedExport) -> dic
     """Inputs and torch outputs for each parity batch size: a static batch, or 1 and 2 for a dynamic one."""
     references = {}
     for batch in [spec.batch] if spec.batch else [1, 2]:
-        x = parity_input(variant, batch)
+        x = export_input(variant, batch)
         with torch.no_grad():
             references[batch] = (x.numpy(), head(x).numpy())
     return references
 
 
 def _save_onnx(head: OutputHead, variant: Variant, spec: ResolvedExport, staged: Path) -> bool:
-    example = parity_input(variant, spec.batch or 2)  # batch 2 keeps the dynamic dim from specializing to 1
+    example = export_input(variant, spec.batch or 2)  # batch 2 keeps the dynamic dim from specializing to 1
     dynamic = None if spec.batch else {"pixel_values": {0: torch.export.Dim("batch", min=1, max=4096)}}
     with torch.no_grad(), quiet("torch.onnx"):
         program = torch.onnx.export(
@@ -325,12 +315,12 @@ def _prove(references: dict[int, tuple[np.ndarray, np.ndarray]], spec: ResolvedE
         figures = compare(reference, runner.run(x))
         results[f"batch{batch}"] = figures
         if figures.cosine_min < spec.min_cosine or figures.max_abs > spec.max_abs:
-            raise PeExportError(
+            raise CheckFailed(
                 f"ONNX output differs from torch at batch {batch}: {figures.summary()} "
                 f"(needs cosine >= {spec.min_cosine}, max abs <= {spec.max_abs}); nothing was written"
             )
     worst = min(results.values(), key=lambda f: f.cosine_min)
-    return {"backend": "onnxruntime CPU", "seed": PARITY_SEED, "batches": list(references), **worst.as_dict(),
+    return {"backend": "onnxruntime CPU", "seed": EXPORT_SEED, "batches": list(references), **worst.as_dict(),
             "per_batch": {k: v.as_dict() for k, v in results.items()}}
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from pe_export.errors import UsageError
-from pe_export.onnx.lowering import Lowering
+
+Lowering = Literal["fused", "decomposed"]
 
 
 @dataclass(frozen=True)

@@ -9,27 +9,27 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from pe_export.errors import PeExportError
+from pe_export.errors import PeExportError, require_extra
 from pe_export.precision import qdq
 from pe_export.precision.calibrate import activation_amax
 from pe_export.precision.profiles import ROPE_NODES, CalibrationSection, MixedSection, QuantSection
+from pe_export.precisions import get_precision
 from pe_export.quiet import quiet
 
 MODELOPT_LOGGERS = ("modelopt", "polygraphy", "onnxruntime")
-INSTALL_HINT = "install the precision extra: pip install 'pe-export[quant]'"
 
 
-def _modelopt():
-    try:
-        import modelopt.onnx.autocast as autocast
-    except ImportError as exc:
-        raise PeExportError(f"fp16/bf16 variants need NVIDIA ModelOpt ({exc.name} is missing); {INSTALL_HINT}") from exc
-    return autocast
+def require_tools(precision: str) -> None:
+    """Refuse before any work when the precision's converter is not installed."""
+    if get_precision(precision).kind == "mixed":
+        require_extra("quant", f"{precision} variants (NVIDIA ModelOpt AutoCast)", "modelopt.onnx.autocast")
 
 
 def mixed_precision(source: Path, target: Path, precision: str, section: MixedSection, external: bool) -> None:
     """fp16 or bf16 weights and math, with the listed ops, the RoPE nodes and excluded nodes kept in fp32."""
-    autocast = _modelopt()
+    require_tools(precision)
+    import modelopt.onnx.autocast as autocast
+
     with quiet(*MODELOPT_LOGGERS):
         model = autocast.convert_to_mixed_precision(
             onnx_path=str(source), low_precision_type=precision, op_types_to_exclude=list(section.keep_fp32_ops),
@@ -41,8 +41,8 @@ def mixed_precision(source: Path, target: Path, precision: str, section: MixedSe
 
 
 def calibration_method(precision: str, method: str) -> str:
-    """FP8 scales come from the absolute maximum, as TensorRT and ModelOpt take them; entropy is for INT8."""
-    return "max" if precision == "fp8" else method
+    """The profile's method, unless the precision forces one (FP8 scales come from the absolute maximum)."""
+    return get_precision(precision).calibration_method or method
 
 
 def quantize_qdq(source: Path, target: Path, precision: str, section: QuantSection, calibration: np.ndarray,

@@ -10,16 +10,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pe_export.errors import UsageError
-from pe_export.onnx.lowering import Lowering
-from pe_export.onnx.targets import TARGETS
-from pe_export.variants import get_variant
+from pe_export.onnx.targets import TARGETS, Lowering
+from pe_export.precisions import PRECISIONS, PrecisionName, default_thresholds, get_precision
+from pe_export.variants import OutputKind, Variant, get_variant
 
-Precision = Literal["fp32", "fp16", "bf16", "int8", "fp8"]
 PROFILE_DIRS = (Path("profiles"), Path(__file__).resolve().parents[2] / "profiles")
 # Kept in fp32 by the fp16/bf16 conversion: normalization and softmax statistics, and the RoPE
 # rotation with its cos/sin tables (its nodes are named `.../rotary...` by the exporter).
 KEEP_FP32_OPS = ["LayerNormalization", "Softmax", "RotaryEmbedding"]
 ROPE_NODES = r"/rotary"
+HardwareCompat = Literal["none", "ampere+"]
 
 
 class Strict(BaseModel):
@@ -31,7 +31,7 @@ class ExportSection(Strict):
     opset: Optional[int] = None
     rope: Optional[Lowering] = None
     attention: Optional[Lowering] = None
-    output: Optional[Literal["tokens", "pooled"]] = None
+    output: Optional[OutputKind] = None
 
     @field_validator("target")
     @classmethod
@@ -93,25 +93,21 @@ class TensorRTSection(Strict):
     workspace_gib: float = Field(4.0, gt=0)
     opt_level: int = Field(3, ge=0, le=5)
     timing_cache: Optional[Path] = None
-    hardware_compat: Literal["none", "ampere+"] = "none"
+    hardware_compat: HardwareCompat = "none"
     version_compatible: bool = False
     dla_core: Optional[int] = Field(None, ge=0)
-
-
-FP8_MIN_OPSET = 19
-DEFAULT_PARITY = {"fp32": 0.99999, "fp16": 0.999, "bf16": 0.99, "int8": 0.99, "fp8": 0.99}
 
 
 class Profile(Strict):
     name: str
     description: str = ""
     variant: str
-    precisions: list[Precision] = ["fp32", "fp16", "bf16", "int8", "fp8"]
+    precisions: list[PrecisionName] = list(PRECISIONS)
     export: ExportSection = ExportSection()
     batch: BatchSection = BatchSection()
     calibration: CalibrationSection = CalibrationSection()
     quantization: QuantizationSection = QuantizationSection()
-    parity: dict[Precision, float] = DEFAULT_PARITY
+    parity: dict[PrecisionName, float] = Field(default_factory=default_thresholds)
     tensorrt: Optional[TensorRTSection] = TensorRTSection()
     path: Optional[Path] = Field(None, exclude=True)
 
@@ -124,7 +120,7 @@ class Profile(Strict):
             raise ValueError(str(exc)) from None
 
     def threshold(self, precision: str) -> float:
-        return {**DEFAULT_PARITY, **self.parity}[precision]
+        return {**default_thresholds(), **self.parity}[precision]
 
     def require(self, precision: str) -> None:
         if precision not in self.precisions:
@@ -132,15 +128,24 @@ class Profile(Strict):
                 f"profile {self.name} ({self.export.target}) cannot run {precision}; it allows {', '.join(self.precisions)}"
             )
         opset = self.export.opset or TARGETS[self.export.target].opset
-        if precision == "fp8" and opset < FP8_MIN_OPSET:
+        needed = get_precision(precision).min_opset
+        if opset < needed:
             raise UsageError(
-                f"fp8 needs opset {FP8_MIN_OPSET} or higher (float8 QuantizeLinear), and profile {self.name} exports "
+                f"{precision} needs opset {needed} or higher for its ONNX types, and profile {self.name} exports "
                 f"opset {opset} for {self.export.target}; use a TensorRT 10.15+/11 target or set export.opset"
             )
 
 
 def default_profile(variant: str) -> Profile:
     return Profile(name="default", variant=variant)
+
+
+def resolve_profile(name_or_path: str | Path | None, variant: Variant) -> Profile:
+    """The named profile (or the variant's default), refused when it is for another variant."""
+    chosen = find_profile(name_or_path) if name_or_path else default_profile(variant.name)
+    if chosen.variant != variant.name:
+        raise UsageError(f"profile {chosen.name} is for {chosen.variant}, not {variant.name}")
+    return chosen
 
 
 def profile_files() -> list[Path]:

@@ -10,19 +10,20 @@ from pathlib import Path
 from typing import Callable
 
 from pe_export import artifacts
-from pe_export.bench.parity import parity_rows, synthetic_inputs
-from pe_export.bench.report import ParityRow
-from pe_export.errors import PeExportError, UsageError
-from pe_export.model import LoadedModel, load_model
+from pe_export.errors import CheckFailed, UsageError
+from pe_export.model import LoadedModel, ModelSource
+from pe_export.model.head import OutputHead
 from pe_export.onnx.export import EXTERNAL_DATA_BYTES, INPUT_NAME, ExportOptions, ExportResult, ensure_onnx
 from pe_export.precision import convert
 from pe_export.precision.calibrate import calibration_provider
 from pe_export.precision.calibration import CalibrationSet, load_calibration
-from pe_export.precision.profiles import Profile, default_profile, find_profile
-from pe_export.variants import Variant, get_variant
+from pe_export.precision.profiles import Profile, resolve_profile
+from pe_export.precisions import get_precision
+from pe_export.report import ParityRow
+from pe_export.validate import artifact_parity, reference_outputs, synthetic_inputs
+from pe_export.variants import get_variant
 from pe_export.versions import versions
 
-PRECISIONS = ("fp16", "bf16", "int8", "fp8")
 PARITY_SAMPLES = 4
 
 
@@ -43,12 +44,9 @@ def precision_path(fp32: Path, precision: str) -> Path:
 
 
 def quantize_variant(
-    variant: str | Variant,
+    source: ModelSource,
     precision: str,
-    checkpoint: str | Path | None = None,
     *,
-    random_init: bool = False,
-    seed: int = 0,
     profile: str | Path | None = None,
     calib: str | None = None,
     samples: int | None = None,
@@ -56,34 +54,35 @@ def quantize_variant(
     progress: Callable[[str], None] = lambda step: None,
 ) -> PrecisionResult:
     """Check the request, read the calibration set, load weights, then make and prove the artifact."""
-    variant = get_variant(variant)
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    chosen = find_profile(profile) if profile else default_profile(variant.name)
-    if chosen.variant != variant.name:
-        raise UsageError(f"profile {chosen.name} is for {chosen.variant}, not {variant.name}")
+    variant = get_variant(source.variant)
+    spec = get_precision(precision)
+    if spec.kind == "reference":
+        raise UsageError("fp32 is the export itself: make it with `pe-export onnx`; quantize makes fp16, bf16, int8 or fp8")
+    chosen = resolve_profile(profile, variant)
     chosen.require(precision)
+    convert.require_tools(precision)
     calibration = None
-    if precision in ("int8", "fp8"):
+    if spec.calibrated:
         c = chosen.calibration
         progress("reading calibration images")
         calibration = load_calibration(calib or c.source, samples or c.samples, variant.image_size, c.seed, c.allow_fewer)
     if output:
         artifacts.prepare_destination(Path(output))
     progress("loading weights")
-    loaded = load_model(variant, checkpoint, random_init=random_init, seed=seed)
+    loaded = source.load()
     return make_precision(loaded, precision, chosen, calibration, output, progress)
 
 
 def precision_onnx(loaded: LoadedModel, precision: str, profile: Profile, calib: str | None = None,
                    samples: int | None = None, progress: Callable[[str], None] = lambda s: None) -> Path:
     """The ONNX file of any precision (fp32 included) for this profile, made or reused."""
-    if precision == "fp32":
+    spec = get_precision(precision)
+    if spec.kind == "reference":
         return ensure_onnx(loaded, export_options(profile), progress=progress).path
     c = profile.calibration
     calibration = lambda: (  # noqa: E731 - read only if a new int8/fp8 artifact is made
         load_calibration(calib or c.source, samples or c.samples, loaded.variant.image_size, c.seed, c.allow_fewer)
-        if precision in ("int8", "fp8") else None
+        if spec.calibrated else None
     )
     return ensure_precision(loaded, precision, profile, calibration, progress=progress).path
 
@@ -138,8 +137,9 @@ def make_precision(
         manifest_file = scratch / artifacts.manifest_path(path).name
         artifacts.write_json(manifest_file, manifest)  # parity reads the artifact's options from it
         progress(f"proving {precision} parity on onnxruntime CPU")
-        inputs = synthetic_inputs(loaded, PARITY_SAMPLES)
-        row = next(parity_rows(loaded, [staged], inputs, {precision: profile.threshold(precision)}))
+        inputs = synthetic_inputs(loaded.variant, PARITY_SAMPLES)
+        reference = reference_outputs(OutputHead.for_options(loaded.model, fp32.manifest["options"]).eval(), inputs.batch)
+        row = artifact_parity(staged, reference, inputs, profile.threshold(precision))
         manifest.update(parity={**row.model_dump(), "inputs": "synthetic, seed 1 (apart from calibration)"},
                         seconds=round(time.perf_counter() - start, 1), files=artifacts.file_digests(model_files),
                         peak_rss_mb=_peak_rss_mb())
@@ -150,7 +150,7 @@ def make_precision(
             rejected = path.parent / f"{path.name}.rejected"
             rejected.mkdir(exist_ok=True)
             artifacts.publish([*model_files, manifest_file], rejected / path.name)
-            raise PeExportError(
+            raise CheckFailed(
                 f"{precision} misses its parity threshold: token cosine mean {row.cosine_mean:.5f} < {row.threshold} "
                 f"(min {row.cosine_min:.5f}, max abs {row.max_abs:.3g}); kept for inspection in {rejected}/, "
                 "not under its normal name"
@@ -166,7 +166,7 @@ def _peak_rss_mb() -> float:
 
 
 def _convert(fp32: ExportResult, staged: Path, precision: str, profile: Profile, calibration, external: bool) -> None:
-    if precision in ("fp16", "bf16"):
+    if get_precision(precision).kind == "mixed":
         convert.mixed_precision(fp32.path, staged, precision, getattr(profile.quantization, precision), external)
     else:
         convert.quantize_qdq(fp32.path, staged, precision, getattr(profile.quantization, precision), calibration.batch,

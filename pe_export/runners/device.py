@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
+from typing import Literal
+
+Device = Literal["cpu", "cuda"]
 
 
 def cpu_name() -> str:

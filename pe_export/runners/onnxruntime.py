@@ -6,24 +6,25 @@ from pathlib import Path
 
 import numpy as np
 
-from pe_export.errors import PeExportError
-from pe_export.runners.device import cpu_name, cuda_name
+from pe_export.errors import Unavailable
+from pe_export.runners.base import Runner
 
 CPU = "CPUExecutionProvider"
 PROVIDERS = {"cpu": CPU, "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
-class OrtRunner:
+class OrtRunner(Runner):
     """An onnxruntime session over one model file (external data is found beside it)."""
 
     backend = "onnxruntime"
+    libraries = ("onnxruntime",)
 
     def __init__(self, path: Path, provider: str = "cpu", threads: int | None = None, precision: str = "fp32"):
         import onnxruntime as ort
 
         wanted = PROVIDERS[provider]
         if wanted not in ort.get_available_providers():
-            raise PeExportError(
+            raise Unavailable(
                 f"onnxruntime here has no {wanted} (it has {', '.join(ort.get_available_providers())}); "
                 "install onnxruntime-gpu for the CUDA and TensorRT providers"
             )
@@ -33,6 +34,7 @@ class OrtRunner:
         options.log_severity_level = 3
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.provider = provider
+        self.gpu = provider != "cpu"
         self.precision = precision
         self.session = ort.InferenceSession(str(path), options, providers=[wanted, CPU] if wanted != CPU else [CPU])
         self.input_name = self.session.get_inputs()[0].name
@@ -41,19 +43,6 @@ class OrtRunner:
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: batch})[0]
 
-    def device(self) -> str:
-        return cpu_name() if self.provider == "cpu" else cuda_name()
-
-    def versions(self) -> dict[str, str | None]:
-        import onnxruntime as ort
-
-        return {"onnxruntime": ort.__version__}
-
     def close(self) -> None:
         self.session = None
 
-    def __enter__(self) -> "OrtRunner":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

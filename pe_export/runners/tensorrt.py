@@ -9,8 +9,9 @@ from types import ModuleType
 import numpy as np
 
 from pe_export import artifacts
-from pe_export.errors import UsageError
-from pe_export.trt.env import Gpu, TensorRTUnavailable, current_gpu, import_tensorrt
+from pe_export.errors import TensorRTUnavailable, UsageError
+from pe_export.runners.base import Runner
+from pe_export.runners.tensorrt_env import Gpu, current_gpu, import_tensorrt
 
 
 def check_compatible(metadata: dict, trt_version: str, gpu: Gpu) -> None:
@@ -30,8 +31,9 @@ def check_compatible(metadata: dict, trt_version: str, gpu: Gpu) -> None:
         )
 
 
-class TrtRunner:
+class TrtRunner(Runner):
     backend = "tensorrt"
+    gpu = True
 
     def __init__(self, path: Path, precision: str = "fp16", cuda_graph: bool = False, trt: ModuleType | None = None):
         import torch
@@ -40,8 +42,7 @@ class TrtRunner:
         if metadata is None:
             raise UsageError(f"{path} has no metadata JSON beside it; build engines with `pe-export trt`")
         trt = trt or import_tensorrt()
-        self.gpu = current_gpu()
-        check_compatible(metadata, str(trt.__version__), self.gpu)
+        check_compatible(metadata, str(trt.__version__), current_gpu())
         self.trt_version = str(trt.__version__)
         self.precision = metadata.get("precision", precision)
         logger = trt.Logger(trt.Logger.WARNING)
@@ -100,9 +101,6 @@ class TrtRunner:
             self.context.execute_async_v3(self.stream.cuda_stream)
         self._static = (static_in, static_out)
 
-    def device(self) -> str:
-        return f"{self.gpu.name} (sm {self.gpu.sm})"
-
     def versions(self) -> dict[str, str | None]:
         return {"tensorrt": self.trt_version}
 
@@ -110,8 +108,3 @@ class TrtRunner:
         self._graph = self._static = None
         self.context = self.engine = None
 
-    def __enter__(self) -> "TrtRunner":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
-from pe_export.runners.device import cpu_name, cuda_name
+from pe_export.errors import UsageError
+from pe_export.precisions import get_precision
+from pe_export.runners.base import Runner
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-
-class TorchRunner:
+class TorchRunner(Runner):
     """A torch module (the PE tower or one export head) on CPU or CUDA; outputs come back as fp32."""
+
+    libraries = ("torch",)
 
     def __init__(self, module: torch.nn.Module, precision: str = "fp32", compile: bool = False, device: str = "cpu"):
         self.precision = precision
         self.backend = "torch-compile" if compile else "torch"
         self.device_type = device
-        self.dtype = DTYPES[precision]
+        self.gpu = device != "cpu"
+        dtype = get_precision(precision).torch_dtype
+        if dtype is None:
+            raise UsageError(f"torch has no {precision} compute; run {precision} through its ONNX artifact")
+        self.dtype = getattr(torch, dtype)
         module = module.eval()
         if precision != "fp32" or device != "cpu":
             # a converted copy, so the caller's fp32 CPU model stays the reference
-            module = _copy(module).to(device=device, dtype=self.dtype)
+            module = copy.deepcopy(module).to(device=device, dtype=self.dtype)
         self.module = torch.compile(module) if compile else module
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -30,23 +38,7 @@ class TorchRunner:
             out = self.module(x)
         return out.float().cpu().numpy()
 
-    def device(self) -> str:
-        return cpu_name() if self.device_type == "cpu" else cuda_name()
-
-    def versions(self) -> dict[str, str | None]:
-        return {"torch": torch.__version__}
-
     def close(self) -> None:
         self.module = None
 
-    def __enter__(self) -> "TorchRunner":
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def _copy(module: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
-    return copy.deepcopy(module)

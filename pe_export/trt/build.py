@@ -12,20 +12,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Literal
+from typing import Callable
 
 from pydantic import Field, model_validator
 
 from pe_export import artifacts
 from pe_export.errors import PeExportError, UsageError
 from pe_export.precision.profiles import TensorRTSection, check_batch_range
-from pe_export.trt.env import Gpu, current_gpu, import_tensorrt, trt_major
+from pe_export.precisions import PrecisionName
+from pe_export.runners.tensorrt_env import Gpu, current_gpu, import_tensorrt, trt_major
 
 
 class BuildSettings(TensorRTSection):
     """A profile's TensorRT section plus the precision and the optimization profile's batch range."""
 
-    precision: Literal["fp32", "fp16", "bf16", "int8", "fp8"] = "fp16"
+    precision: PrecisionName = "fp16"
     batch_min: int = Field(1, ge=1)
     batch_opt: int = Field(1, ge=1)
     batch_max: int = Field(1, ge=1)
@@ -34,10 +35,6 @@ class BuildSettings(TensorRTSection):
     def _ordered(self) -> "BuildSettings":
         check_batch_range(self.batch_min, self.batch_opt, self.batch_max)
         return self
-
-    @property
-    def portable(self) -> bool:
-        return self.hardware_compat != "none" or self.version_compatible
 
     def recorded(self) -> dict:
         data = self.model_dump(mode="json")

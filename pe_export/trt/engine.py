@@ -9,12 +9,13 @@ from pydantic import ValidationError
 
 from pe_export import artifacts
 from pe_export.errors import UsageError
-from pe_export.model import LoadedModel, load_model
-from pe_export.precision.profiles import Profile, default_profile, find_profile
+from pe_export.model import ModelSource
+from pe_export.precision.convert import require_tools
+from pe_export.precision.profiles import Profile, resolve_profile
 from pe_export.precision.quantize import precision_onnx
+from pe_export.runners.tensorrt_env import Gpu, current_gpu, import_tensorrt
 from pe_export.trt.build import BuildSettings, EngineResult, build_engine
-from pe_export.trt.env import Gpu, current_gpu, import_tensorrt
-from pe_export.variants import Variant, get_variant
+from pe_export.variants import get_variant
 
 
 def build_settings(profile: Profile, precision: str, **overrides) -> BuildSettings:
@@ -50,12 +51,9 @@ def ensure_engine(onnx_path: Path, settings: BuildSettings, engine_path: Path | 
 
 
 def trt_variant(
-    variant: str | Variant,
+    source: ModelSource,
     precision: str = "fp16",
-    checkpoint: str | Path | None = None,
     *,
-    random_init: bool = False,
-    seed: int = 0,
     profile: str | Path | None = None,
     output: Path | None = None,
     calib: str | None = None,
@@ -69,28 +67,14 @@ def trt_variant(
     precision ONNX and build or reuse its engine."""
     trt = trt or import_tensorrt()
     gpu = gpu or current_gpu()
-    variant = get_variant(variant)
-    chosen = find_profile(profile) if profile else default_profile(variant.name)
-    if chosen.variant != variant.name:
-        raise UsageError(f"profile {chosen.name} is for {chosen.variant}, not {variant.name}")
+    chosen = resolve_profile(profile, get_variant(source.variant))
     chosen.require(precision)
+    require_tools(precision)
     settings = build_settings(chosen, precision, **overrides)
     if output:
         artifacts.prepare_destination(Path(output))
     progress("loading weights")
-    loaded = load_model(variant, checkpoint, random_init=random_init, seed=seed)
+    loaded = source.load()
     onnx_path = precision_onnx(loaded, precision, chosen, calib, samples, progress)
     return ensure_engine(onnx_path, settings, Path(output) if output else None, trt, gpu, progress)
 
-
-def engine_runner(loaded: LoadedModel, precision: str, progress: Callable[[str], None] = lambda s: None):
-    """A TrtRunner on the engine of this precision (default profile), for the bench harness."""
-    from pe_export.runners.tensorrt import TrtRunner
-
-    trt = import_tensorrt()
-    gpu = current_gpu()
-    profile = default_profile(loaded.variant.name)
-    settings = build_settings(profile, precision, batch_max=32, batch_opt=8)
-    onnx_path = precision_onnx(loaded, precision, profile, progress=progress)
-    engine = ensure_engine(onnx_path, settings, None, trt, gpu, progress)
-    return TrtRunner(engine.path, precision, trt=trt)

@@ -1,4 +1,4 @@
-"""The stable report schema shared by `pe-export parity` and `pe-export bench`, and its renderings.
+"""The stable report schema of parity and latency results, and its renderings.
 
     {"schema": "pe-export/<kind>/1", "variant", "device", "versions", "settings", "results": [...]}
 
@@ -13,9 +13,12 @@ import json
 from pathlib import Path
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pe_export.errors import BadReport
 
 SCHEMA_VERSION = 1
+CompareMode = Literal["absolute", "ratio"]  # how a latency report is compared with a baseline
 
 
 class LatencyMs(BaseModel):
@@ -90,12 +93,22 @@ def make_report(kind: str, variant: str, device: str, versions: dict, settings: 
 
 def load_report(path: Path) -> Report:
     """Read and validate a report file; rows must match its kind."""
-    data = json.loads(Path(path).read_text())
-    schema = str(data.get("schema", ""))
-    row_type = {"latency": LatencyRow, "parity": ParityRow}.get(schema.split("/")[1] if "/" in schema else "")
-    if row_type is None or not schema.startswith("pe-export/"):
-        raise ValueError(f"{path}: unknown report schema {schema!r}")
-    return Report.model_validate({**data, "results": [row_type.model_validate(r) for r in data.get("results", [])]})
+    try:
+        data = json.loads(Path(path).read_text())
+        schema = str(data.get("schema", "")) if isinstance(data, dict) else ""
+        row_type = {"latency": LatencyRow, "parity": ParityRow}.get(schema.split("/")[1] if "/" in schema else "")
+        if row_type is None or not schema.startswith("pe-export/"):
+            raise BadReport(f"{path}: unknown report schema {schema!r}")
+        return Report.model_validate({**data, "results": [row_type.model_validate(r) for r in data.get("results", [])]})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise BadReport(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    except OSError as exc:
+        raise BadReport(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:  # not JSON
+        if isinstance(exc, BadReport):
+            raise
+        raise BadReport(f"{path} is not a JSON report: {exc}") from None
 
 
 def to_markdown(report: Report) -> str:

@@ -19,9 +19,10 @@ import types
 from pathlib import Path
 
 import onnx
+import pytest
 
 
-def make_fake_tensorrt(version: str = "11.0.0") -> types.ModuleType:
+def fake_tensorrt(version: str = "11.0.0") -> types.ModuleType:
     major, minor = (int(p) for p in version.split(".")[:2])
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
@@ -193,6 +194,18 @@ def make_fake_tensorrt(version: str = "11.0.0") -> types.ModuleType:
     return trt
 
 
-def read_plan(path: Path) -> dict:
+def plan_contents(path: Path) -> dict:
     """What the double's 'engine' recorded of the build."""
     return json.loads(Path(path).read_bytes())
+
+
+@pytest.fixture
+def make_fake_tensorrt():
+    """The factory of `tensorrt` doubles, by version: make_fake_tensorrt("10.8.0")."""
+    return fake_tensorrt
+
+
+@pytest.fixture
+def read_plan():
+    """What a double's engine file recorded of its build."""
+    return plan_contents

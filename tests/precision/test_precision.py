@@ -11,13 +11,12 @@ import pytest
 from PIL import Image
 
 from pe_export.errors import PeExportError, UsageError
-from pe_export.model import load_model
+from pe_export.model import ModelSource, load_model
 from pe_export.onnx.export import ensure_onnx
 from pe_export.precision.calibration import load_calibration
 from pe_export.precision.profiles import find_profile, load_profile, profile_files
 from pe_export.precision.quantize import make_precision, quantize_variant
 from pe_export.runners.onnxruntime import OrtRunner
-from tests.conftest import fixture_checkpoint, fixture_outputs
 
 SPATIAL = "PE-Spatial-T16-512"
 
@@ -107,8 +106,8 @@ def test_synthetic_calibration_is_seeded():
 # ---- precision artifacts ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def spatial():
-    return load_model(SPATIAL, fixture_checkpoint(SPATIAL))
+def spatial(fixtures):
+    return load_model(SPATIAL, fixtures.checkpoint(SPATIAL))
 
 
 @pytest.fixture(scope="module")
@@ -129,16 +128,13 @@ quantization:
 
 @pytest.fixture(scope="module")
 def made(spatial, profile, workdir, tmp_path_factory):
-    import os
-
-    here = os.getcwd()
-    os.chdir(workdir)  # artifacts/ lands in the module's scratch folder
-    results = {}
-    for precision in ("fp16", "bf16", "int8", "fp8"):
-        calib = load_calibration("synthetic", 8, 512) if precision in ("int8", "fp8") else None
-        results[precision] = make_precision(spatial, precision, profile, calib)
-    yield results
-    os.chdir(here)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(workdir)  # artifacts/ lands in the module's scratch folder
+        results = {}
+        for precision in ("fp16", "bf16", "int8", "fp8"):
+            calib = load_calibration("synthetic", 8, 512) if precision in ("int8", "fp8") else None
+            results[precision] = make_precision(spatial, precision, profile, calib)
+        yield results
 
 
 def _ops(path):
@@ -200,8 +196,8 @@ def test_calibration_provider_falls_back_to_cpu(monkeypatch):
     assert calibration_provider("cuda") == "cpu"
 
 
-def test_precision_artifact_matches_the_fixture(made):
-    data = fixture_outputs(SPATIAL)
+def test_precision_artifact_matches_the_fixture(fixtures, made):
+    data = fixtures.outputs(SPATIAL)
     out = OrtRunner(made["int8"].path).run(data["input"])
     ref = data["forward"].reshape(-1, data["forward"].shape[-1])
     got = out.reshape(ref.shape)
@@ -239,21 +235,19 @@ parity: {{int8: 0.9999999}}
 
 
 def test_request_errors_come_before_loading(monkeypatch, tmp_path):
-    import pe_export.precision.quantize as module
-
-    monkeypatch.setattr(module, "load_model", lambda *a, **k: pytest.fail("loaded weights before checking the request"))
+    monkeypatch.setattr(ModelSource, "load", lambda *a, **k: pytest.fail("loaded weights before checking the request"))
     with pytest.raises(UsageError, match="cannot run fp8"):
-        quantize_variant("L14", "fp8", random_init=True, profile="pe-lang-l14-cpu-edge")
+        quantize_variant(ModelSource("L14", random_init=True), "fp8", profile="pe-lang-l14-cpu-edge")
     with pytest.raises(UsageError, match="is for PE-Lang-L14-448, not PE-Spatial-T16-512"):
-        quantize_variant(SPATIAL, "int8", random_init=True, profile="pe-lang-l14-datacenter")
+        quantize_variant(ModelSource(SPATIAL, random_init=True), "int8", profile="pe-lang-l14-datacenter")
     with pytest.raises(UsageError, match="unknown precision 'int4'"):
-        quantize_variant(SPATIAL, "int4", random_init=True)
+        quantize_variant(ModelSource(SPATIAL, random_init=True), "int4")
     old = _profile(tmp_path, f"name: old\nvariant: {SPATIAL}\nexport: {{target: trt10}}\n")
     with pytest.raises(UsageError, match="fp8 needs opset 19 or higher .* exports opset 17 for trt10"):
-        quantize_variant(SPATIAL, "fp8", random_init=True, profile=str(old))
+        quantize_variant(ModelSource(SPATIAL, random_init=True), "fp8", profile=str(old))
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="no images"):
-        quantize_variant(SPATIAL, "int8", random_init=True, calib=str(tmp_path / "empty"))
+        quantize_variant(ModelSource(SPATIAL, random_init=True), "int8", calib=str(tmp_path / "empty"))
 
 
 def test_qdq_layout_and_scales_match_modelopt(spatial, profile, tmp_path):

@@ -14,12 +14,11 @@ import onnx
 import pytest
 
 from pe_export.errors import PeExportError, UsageError
-from pe_export.model import load_model
+from pe_export.model import ModelSource, load_model
 from pe_export.onnx import export as export_module
 from pe_export.onnx.check import check_onnx
 from pe_export.onnx.export import ExportOptions, export_onnx, export_variant
 from pe_export.runners.onnxruntime import OrtRunner
-from tests.conftest import fixture_checkpoint, fixture_outputs
 
 CORE, SPATIAL = "PE-Core-T16-384", "PE-Spatial-T16-512"
 FIXTURE_TOLERANCE = 1e-4
@@ -27,8 +26,8 @@ FORBIDDEN = {"Sin", "Cos", "If", "Loop", "Scan"}
 
 
 @pytest.fixture(scope="module")
-def loaded():
-    return {name: load_model(name, fixture_checkpoint(name)) for name in (CORE, SPATIAL)}
+def loaded(fixtures):
+    return {name: load_model(name, fixtures.checkpoint(name)) for name in (CORE, SPATIAL)}
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +70,8 @@ def _histogram(path: Path) -> dict[str, int]:
         ((CORE, "strip-b1"), "features_norm_strip"),
     ],
 )
-def test_exports_match_meta_reference(exports, case, reference):
-    data = fixture_outputs(case[0])
+def test_exports_match_meta_reference(fixtures, exports, case, reference):
+    data = fixtures.outputs(case[0])
     out = OrtRunner(exports[case].path).run(data["input"])
     assert out.shape == data[reference].shape
     assert np.abs(out - data[reference]).max() <= FIXTURE_TOLERANCE
@@ -157,12 +156,12 @@ def test_manifest_records_the_export(exports, loaded):
 
 def test_default_path_names_variant_target_and_departures(loaded, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = export_variant(SPATIAL, random_init=True, options=ExportOptions(target="jetson", batch=1))
+    result = export_variant(ModelSource(SPATIAL, random_init=True), options=ExportOptions(target="jetson", batch=1))
     assert result.path == Path("artifacts/PE-Spatial-T16-512/PE-Spatial-T16-512.jetson.b1.onnx")
     assert result.path.is_file() and result.manifest["weights"]["seed"] == 0
 
 
-def test_external_data_for_big_models(loaded, tmp_path, monkeypatch):
+def test_external_data_for_big_models(fixtures, loaded, tmp_path, monkeypatch):
     monkeypatch.setattr(export_module, "EXTERNAL_DATA_BYTES", 0)
     path = tmp_path / "big.onnx"
     result = export_onnx(loaded[SPATIAL], ExportOptions(), path)
@@ -170,7 +169,7 @@ def test_external_data_for_big_models(loaded, tmp_path, monkeypatch):
     assert result.manifest["external_data"] and data.is_file()
     assert path.stat().st_size < 1_000_000 < data.stat().st_size
     assert check_onnx(path, "trt11").ok
-    reference = fixture_outputs(SPATIAL)
+    reference = fixtures.outputs(SPATIAL)
     assert np.abs(OrtRunner(path).run(reference["input"]) - reference["forward"]).max() <= FIXTURE_TOLERANCE
     data.unlink()
     report = check_onnx(path, "trt11")
@@ -246,18 +245,16 @@ def test_killed_export_process_leaves_no_file_and_the_next_export_clears_its_sta
     ],
 )
 def test_bad_options_fail_before_loading(options, message, tmp_path, monkeypatch):
-    import pe_export.onnx.export as module
-
-    monkeypatch.setattr(module, "load_model", lambda *a, **k: pytest.fail("loaded weights before checking options"))
+    monkeypatch.setattr(ModelSource, "load", lambda *a, **k: pytest.fail("loaded weights before checking options"))
     with pytest.raises(UsageError, match=message):
-        export_variant(SPATIAL, random_init=True, options=options, output=tmp_path / "m.onnx")
+        export_variant(ModelSource(SPATIAL, random_init=True), options=options, output=tmp_path / "m.onnx")
 
 
 def test_unwritable_output_fails_before_loading(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(UsageError, match="cannot create the output folder"):
-        export_variant(SPATIAL, random_init=True, output=blocker / "sub" / "m.onnx")
+        export_variant(ModelSource(SPATIAL, random_init=True), output=blocker / "sub" / "m.onnx")
 
 
 def test_nodes_are_named_after_their_modules(exports):

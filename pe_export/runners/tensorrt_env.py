@@ -5,15 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import ModuleType
 
-from pe_export.errors import PeExportError
+from pe_export.errors import TensorRTUnavailable
 
 INSTALL = "pip install 'pe-export[tensorrt]' --extra-index-url https://pypi.nvidia.com"
-
-
-class TensorRTUnavailable(PeExportError):
-    """No TensorRT or no GPU here: nothing was written."""
-
-    exit_code = 3
 
 
 @dataclass(frozen=True)

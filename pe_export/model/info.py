@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from pe_export.model import WeightSource, load_model
+from pe_export.model.factory import ModelSource, WeightSource
 from pe_export.variants import Variant
 
 
@@ -39,11 +38,9 @@ class ModelInfo:
         return rows
 
 
-def describe(
-    variant: str | Variant, checkpoint: str | Path | None = None, *, random_init: bool = False, seed: int = 0
-) -> ModelInfo:
-    """Load the variant's weights (strictly checked) and summarise model and source."""
-    loaded = load_model(variant, checkpoint, random_init=random_init, seed=seed)
+def describe(source: ModelSource) -> ModelInfo:
+    """Load the source's weights (strictly checked) and summarise model and source."""
+    loaded = source.load()
     params = sum(p.numel() for p in loaded.model.parameters())
     tensors = len(loaded.model.state_dict())
     return ModelInfo(loaded.variant, params, tensors, loaded.source)

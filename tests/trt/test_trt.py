@@ -6,28 +6,27 @@ from __future__ import annotations
 import importlib.util
 import json
 
-import numpy as np
 import pytest
 
 from pe_export.errors import PeExportError, UsageError
-from pe_export.model import load_model
+from pe_export.model import ModelSource, load_model
 from pe_export.onnx.export import ExportOptions, export_onnx
 from pe_export.precision.profiles import find_profile
 from pe_export.runners.tensorrt import check_compatible
 from pe_export.trt.build import BuildSettings, build_engine
 from pe_export.trt.engine import build_settings, ensure_engine, trt_variant
-from pe_export.trt.env import Gpu, TensorRTUnavailable
-from tests.conftest import fixture_checkpoint, fixture_outputs
-from tests.fake_tensorrt import make_fake_tensorrt, read_plan
+from pe_export.validate import compare
+from pe_export.errors import TensorRTUnavailable
+from pe_export.runners.tensorrt_env import Gpu
 
 SPATIAL = "PE-Spatial-T16-512"
 H200 = Gpu("NVIDIA H200", (9, 0))
 
 
 @pytest.fixture(scope="module")
-def onnx_files(tmp_path_factory):
+def onnx_files(fixtures, tmp_path_factory):
     folder = tmp_path_factory.mktemp("trt")
-    loaded = load_model(SPATIAL, fixture_checkpoint(SPATIAL))
+    loaded = load_model(SPATIAL, fixtures.checkpoint(SPATIAL))
     return {
         "fused": export_onnx(loaded, ExportOptions(target="trt11"), folder / "fused.onnx").path,
         "decomposed": export_onnx(loaded, ExportOptions(target="trt10"), folder / "decomposed.onnx").path,
@@ -35,7 +34,7 @@ def onnx_files(tmp_path_factory):
     }
 
 
-def test_the_11x_double_has_no_precision_flags():
+def test_the_11x_double_has_no_precision_flags(make_fake_tensorrt):
     trt = make_fake_tensorrt("11.0.0")
     for name in ("FP16", "BF16", "INT8", "FP8"):
         with pytest.raises(AttributeError):
@@ -45,7 +44,7 @@ def test_the_11x_double_has_no_precision_flags():
     assert not hasattr(trt.Builder(trt.Logger()).create_builder_config(), "int8_calibrator")
 
 
-def test_11x_build_maps_every_option(onnx_files, tmp_path):
+def test_11x_build_maps_every_option(make_fake_tensorrt, read_plan, onnx_files, tmp_path):
     trt = make_fake_tensorrt("11.0.0")
     cache = tmp_path / "cache" / "tc.bin"
     cache.parent.mkdir()
@@ -71,7 +70,7 @@ def test_11x_build_maps_every_option(onnx_files, tmp_path):
     assert meta["settings"]["timing_cache"] == str(cache) and meta["build_seconds"] >= 0
 
 
-def test_10x_build_creates_a_strongly_typed_network(onnx_files, tmp_path):
+def test_10x_build_creates_a_strongly_typed_network(make_fake_tensorrt, read_plan, onnx_files, tmp_path):
     trt = make_fake_tensorrt("10.8.0")
     result = build_engine(onnx_files["decomposed"], BuildSettings(precision="fp16"), tmp_path / "e.engine", trt=trt, gpu=H200)
     strongly = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
@@ -79,14 +78,14 @@ def test_10x_build_creates_a_strongly_typed_network(onnx_files, tmp_path):
     assert read_plan(result.path)["flags"] == []  # BuilderFlag.FP16 exists on 10.x, and is still never set
 
 
-def test_dla_with_gpu_fallback(onnx_files, tmp_path):
+def test_dla_with_gpu_fallback(make_fake_tensorrt, read_plan, onnx_files, tmp_path):
     trt = make_fake_tensorrt("10.8.0")
     result = build_engine(onnx_files["decomposed"], BuildSettings(dla_core=1), tmp_path / "e.engine", trt=trt, gpu=H200)
     plan = read_plan(result.path)
     assert plan["device"] == "DLA" and plan["dla_core"] == 1 and plan["flags"] == ["GPU_FALLBACK"]
 
 
-def test_parser_errors_name_the_nodes(onnx_files, tmp_path):
+def test_parser_errors_name_the_nodes(make_fake_tensorrt, onnx_files, tmp_path):
     trt = make_fake_tensorrt("10.8.0")  # no Attention (10.14) nor RotaryEmbedding (10.15) yet
     with pytest.raises(PeExportError, match=r"could not parse fused.onnx: transformer.resblocks.0.attn/rotary.* \(RotaryEmbedding\): No importer.*and \d+ more"):
         build_engine(onnx_files["fused"], BuildSettings(), tmp_path / "e.engine", trt=trt, gpu=H200)
@@ -94,7 +93,7 @@ def test_parser_errors_name_the_nodes(onnx_files, tmp_path):
     assert build_engine(onnx_files["fused"], BuildSettings(), tmp_path / "e.engine", trt=make_fake_tensorrt("10.15.1"), gpu=H200)
 
 
-def test_static_batch_onnx_needs_a_matching_range(onnx_files, tmp_path):
+def test_static_batch_onnx_needs_a_matching_range(make_fake_tensorrt, read_plan, onnx_files, tmp_path):
     trt = make_fake_tensorrt("11.0.0")
     with pytest.raises(UsageError, match="static batch of 2; use --batch 2:2:2"):
         build_engine(onnx_files["static"], BuildSettings(batch_max=8), tmp_path / "e.engine", trt=trt, gpu=H200)
@@ -102,7 +101,7 @@ def test_static_batch_onnx_needs_a_matching_range(onnx_files, tmp_path):
     assert read_plan(result.path)["profile"]["pixel_values"][0] == [2, 3, 512, 512]
 
 
-def test_engine_reuse_and_rebuild(onnx_files, tmp_path):
+def test_engine_reuse_and_rebuild(make_fake_tensorrt, onnx_files, tmp_path):
     trt = make_fake_tensorrt("11.0.0")
     path = tmp_path / "e.engine"
     first = ensure_engine(onnx_files["fused"], BuildSettings(), path, trt, H200)
@@ -123,14 +122,14 @@ def test_profile_settings_with_overrides():
         build_settings(profile, "int8", batch_min=16)
 
 
-def test_whole_trt_command_with_the_double(tmp_path, monkeypatch):
+def test_whole_trt_command_with_the_double(make_fake_tensorrt, fixtures, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     trt = make_fake_tensorrt("11.0.0")
-    result = trt_variant(SPATIAL, "fp16", fixture_checkpoint(SPATIAL), trt=trt, gpu=H200, batch_max=4, batch_opt=2)
+    result = trt_variant(ModelSource(SPATIAL, fixtures.checkpoint(SPATIAL)), "fp16", trt=trt, gpu=H200, batch_max=4, batch_opt=2)
     assert result.path.name == f"{SPATIAL}.trt11.fp16.engine" and result.path.is_file()
     assert (tmp_path / "artifacts" / SPATIAL / f"{SPATIAL}.trt11.fp16.onnx").is_file()  # made through the earlier stages
     assert result.metadata["options"]["output"] == "tokens"
-    again = trt_variant(SPATIAL, "fp16", fixture_checkpoint(SPATIAL), trt=trt, gpu=H200, batch_max=4, batch_opt=2)
+    again = trt_variant(ModelSource(SPATIAL, fixtures.checkpoint(SPATIAL)), "fp16", trt=trt, gpu=H200, batch_max=4, batch_opt=2)
     assert again.path == result.path and sum(c[0] == "build_serialized_network" for c in trt.calls) == 1
 
 
@@ -146,12 +145,12 @@ def test_no_tensorrt_means_exit_3_and_nothing_written(tmp_path, monkeypatch, cap
     assert list(tmp_path.iterdir()) == []
 
 
-def test_no_gpu_means_exit_3(tmp_path, monkeypatch):
+def test_no_gpu_means_exit_3(make_fake_tensorrt, tmp_path, monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(TensorRTUnavailable, match="no CUDA GPU") as info:
-        trt_variant(SPATIAL, "fp16", random_init=True, trt=make_fake_tensorrt("11.0.0"))
+        trt_variant(ModelSource(SPATIAL, random_init=True), "fp16", trt=make_fake_tensorrt("11.0.0"))
     assert info.value.exit_code == 3
 
 
@@ -187,15 +186,12 @@ def _hardware() -> str | None:
 @pytest.mark.trt
 @pytest.mark.skipif(_hardware() is not None, reason=f"needs TensorRT and an NVIDIA GPU: {_hardware()}")
 @pytest.mark.parametrize("precision, min_cosine", [("fp32", 0.9999), ("fp16", 0.999), ("bf16", 0.99), ("int8", 0.99), ("fp8", 0.99)])
-def test_real_engine_matches_torch(tmp_path, monkeypatch, precision, min_cosine):
+def test_real_engine_matches_torch(fixtures, tmp_path, monkeypatch, precision, min_cosine):
     from pe_export.runners.tensorrt import TrtRunner
 
     monkeypatch.chdir(tmp_path)
-    result = trt_variant(SPATIAL, precision, fixture_checkpoint(SPATIAL), batch_max=2)
-    data = fixture_outputs(SPATIAL)
+    result = trt_variant(ModelSource(SPATIAL, fixtures.checkpoint(SPATIAL)), precision, batch_max=2)
+    data = fixtures.outputs(SPATIAL)
     with TrtRunner(result.path) as runner:
         out = runner.run(data["input"])
-    ref = data["forward"].reshape(-1, 192)
-    got = out.reshape(ref.shape)
-    cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
-    assert cos.mean() >= min_cosine
+    assert compare(data["forward"], out).cosine_mean >= min_cosine

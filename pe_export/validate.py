@@ -1,0 +1,158 @@
+"""What every stage proves itself with: seeded inputs, error statistics against a reference, and
+the parity row of one artifact run against the torch fp32 outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pe_export import artifacts
+from pe_export.errors import UsageError
+from pe_export.precisions import get_precision
+from pe_export.report import ParityRow
+from pe_export.runners import open_runner
+from pe_export.variants import Variant
+
+# One seed per purpose, so the inputs that prove an export, score an artifact and time a runner
+# stay apart from each other (and from calibration data, see precision.calibration).
+EXPORT_SEED = 0
+PARITY_SEED = 1
+BENCH_SEED = 2
+CHUNK = 4  # images per run when scoring an artifact: bounded memory on large variants
+
+
+# ---- error statistics -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ParityFigures:
+    """Token-wise cosine (rows along the last axis), absolute and relative errors."""
+
+    cosine_mean: float
+    cosine_min: float
+    max_abs: float
+    max_rel: float  # max |difference| / max |reference|
+    rel_l2: float  # ||difference|| / ||reference||
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        return (
+            f"cosine min {self.cosine_min:.7f} (mean {self.cosine_mean:.7f}), max abs {self.max_abs:.3g}, "
+            f"max rel {self.max_rel:.3g}, rel L2 {self.rel_l2:.3g}"
+        )
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray) -> ParityFigures:
+    """Compare two outputs of the same shape; computed in float64."""
+    if reference.shape != candidate.shape:
+        raise ValueError(f"shapes differ: reference {reference.shape}, candidate {candidate.shape}")
+    ref = np.asarray(reference, dtype=np.float64)
+    cand = np.asarray(candidate, dtype=np.float64)
+    ref_rows = ref.reshape(-1, ref.shape[-1])
+    cand_rows = cand.reshape(-1, cand.shape[-1])
+    norms = np.linalg.norm(ref_rows, axis=1) * np.linalg.norm(cand_rows, axis=1)
+    dots = np.einsum("ij,ij->i", ref_rows, cand_rows)
+    both_zero = norms == 0
+    cosines = np.where(both_zero, 1.0, dots / np.where(both_zero, 1.0, norms))
+    diff = cand - ref
+    ref_max = np.abs(ref).max()
+    ref_l2 = np.linalg.norm(ref)
+    return ParityFigures(
+        cosine_mean=float(cosines.mean()),
+        cosine_min=float(cosines.min()),
+        max_abs=float(np.abs(diff).max()),
+        max_rel=float(np.abs(diff).max() / ref_max) if ref_max else float(np.abs(diff).max()),
+        rel_l2=float(np.linalg.norm(diff) / ref_l2) if ref_l2 else float(np.linalg.norm(diff)),
+    )
+
+
+def retrieval_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Share of images whose nearest neighbour among the others is the same by both feature sets."""
+    def neighbours(features: np.ndarray) -> np.ndarray:
+        unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+        similarity = unit @ unit.T
+        np.fill_diagonal(similarity, -np.inf)
+        return similarity.argmax(axis=1)
+
+    return float((neighbours(reference) == neighbours(candidate)).mean())
+
+
+def pooled_features(output: np.ndarray) -> np.ndarray:
+    """One vector per image: the embedding itself, or the mean over tokens."""
+    return output if output.ndim == 2 else output.mean(axis=1)
+
+
+# ---- inputs ---------------------------------------------------------------------------------------
+
+def seeded_batch(variant: Variant, count: int, seed: int) -> np.ndarray:
+    """`count` inputs in the model's input range [-1, 1], the same on every machine for a seed."""
+    size = variant.image_size
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(count, 3, size, size, generator=gen) * 2 - 1).numpy()
+
+
+@dataclass(frozen=True)
+class ParityInputs:
+    batch: np.ndarray  # (N, 3, S, S) float32
+    names: list[str]
+    real_images: bool
+
+
+def synthetic_inputs(variant: Variant, count: int, seed: int = PARITY_SEED) -> ParityInputs:
+    batch = seeded_batch(variant, count, seed)
+    return ParityInputs(batch, [f"synthetic-{i}" for i in range(count)], real_images=False)
+
+
+# ---- running and scoring --------------------------------------------------------------------------
+
+def run_in_chunks(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
+    """Run a batch `chunk` images at a time; a short last chunk is padded (for static-batch artifacts)."""
+    outputs = []
+    for start in range(0, len(batch), chunk):
+        part = batch[start:start + chunk]
+        pad = chunk - len(part)
+        if pad:
+            part = np.concatenate([part, np.repeat(part[-1:], pad, axis=0)])
+        outputs.append(run(part)[: chunk - pad])
+    return np.concatenate(outputs)
+
+
+def reference_outputs(module: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
+    """The torch fp32 outputs that artifacts are scored against."""
+    with torch.no_grad():
+        return run_in_chunks(lambda x: module(torch.from_numpy(x)).numpy(), batch)
+
+
+def artifact_parity(path: Path, reference: np.ndarray, inputs: ParityInputs, threshold: float | None = None,
+                    threads: int | None = None) -> ParityRow:
+    """One artifact run on `inputs` and scored against the reference outputs for them.
+
+    The gate is the token cosine mean against `threshold` (default: the precision's).
+    """
+    manifest = artifacts.read_manifest(path) or {}
+    precision = get_precision(manifest.get("precision", "fp32"))
+    threshold = precision.threshold if threshold is None else threshold
+    if path.suffix == ".onnx" and not precision.runs_on_ort_cpu:
+        return ParityRow(artifact=path.name, backend="onnxruntime", precision=precision.name, cosine_mean=None,
+                         cosine_min=None, max_abs=None, rel_l2=None, threshold=threshold, passed=None,
+                         note=f"{precision.name} cannot run on onnxruntime CPU")
+    with open_runner(path, threads=threads) as runner:
+        static = manifest.get("options", {}).get("batch")
+        candidate = run_in_chunks(runner.run, inputs.batch, static if isinstance(static, int) else CHUNK)
+        backend = runner.backend
+    if candidate.shape != reference.shape:
+        raise UsageError(f"{path.name} gives {candidate.shape}, the torch reference {reference.shape}: is it for this variant?")
+    figures = compare(reference, candidate)
+    ref_pooled, cand_pooled = pooled_features(reference), pooled_features(candidate)
+    top1 = retrieval_agreement(ref_pooled, cand_pooled) if inputs.real_images and len(inputs.names) >= 3 else None
+    return ParityRow(
+        artifact=path.name, backend=backend, precision=precision.name, cosine_mean=figures.cosine_mean,
+        cosine_min=figures.cosine_min, max_abs=figures.max_abs, rel_l2=figures.rel_l2, threshold=threshold,
+        passed=figures.cosine_mean >= threshold, pooled_cosine=compare(ref_pooled, cand_pooled).cosine_mean,
+        retrieval_top1=top1,
+    )
