@@ -128,6 +128,38 @@ def files_match(artifact: Path, manifest: dict) -> bool:
     return True
 
 
+def flat_key(data: dict, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for name, value in data.items():
+        if isinstance(value, dict) and value:
+            flat.update(flat_key(value, f"{prefix}{name}."))
+        else:
+            flat[f"{prefix}{name}"] = value
+    return flat
+
+
+def reusable(path: Path, key: dict) -> tuple[dict | None, str]:
+    """Whether the artifact at `path` was made from exactly `key`: (its manifest, why) when it was,
+    (None, why not) when it must be made again.
+
+    `key` is everything the artifact depends on (weights, options, source files' hashes, versions);
+    every stage records it in its manifest as "key" and decides reuse with this one comparison. An
+    artifact whose files changed since its manifest was written is refused, never silently remade.
+    """
+    manifest = load_manifest(path)
+    if manifest is None:
+        return None, "nothing to reuse"
+    recorded = flat_key(manifest.get("key") or {})
+    wanted = flat_key(json.loads(json.dumps(key)))  # the form a manifest stores (tuples as lists)
+    changed = [name for name in dict.fromkeys([*wanted, *recorded]) if wanted.get(name) != recorded.get(name)]
+    if changed:
+        return None, f"{', '.join(changed[:4])}{' and more' if len(changed) > 4 else ''} changed"
+    if not files_match(path, manifest):
+        raise UsageError(f"{path} no longer matches its manifest (changed or incomplete since it was made); "
+                         "delete it and its manifest to make it again")
+    return manifest, "same key"
+
+
 def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 

@@ -176,6 +176,7 @@ def _export(load: Callable[[], LoadedModel], options: ExportOptions, output: Pat
     loaded = load()
     variant, source = loaded.variant, loaded.source
     spec = resolve(options, variant)
+    key = export_key(loaded, spec)
     path = Path(output) if output else default_output_path(variant, spec)
     artifacts.prepare_destination(path)
     if any(p.dtype != torch.float32 for p in loaded.model.parameters()):
@@ -202,6 +203,7 @@ def _export(load: Callable[[], LoadedModel], options: ExportOptions, output: Pat
         graph = onnx.load(str(staged), load_external_data=False)
         model_files = [staged, *([scratch / f"{path.name}.data"] if external else [])]
         manifest = _manifest(variant, source, spec, graph, figures, simplified, external, time.perf_counter() - start)
+        manifest["key"] = key
         manifest["files"] = artifacts.file_digests(model_files)
         manifest_file = scratch / artifacts.manifest_path(path).name
         artifacts.write_json(manifest_file, manifest)
@@ -219,27 +221,19 @@ def ensure_onnx(
     """The fp32 ONNX for these weights and options: reused when its manifest matches, else exported."""
     spec = resolve(options, loaded.variant)
     path = Path(output) if output else default_output_path(loaded.variant, spec)
-    manifest = artifacts.load_manifest(path)
-    if manifest and _same_export(manifest, loaded, spec):
-        if not artifacts.files_match(path, manifest):
-            raise UsageError(
-                f"{path} no longer matches its manifest (changed or incomplete since it was exported); "
-                "delete it and its manifest to export it again"
-            )
-        progress(f"reusing {path}")
+    manifest, why = artifacts.reusable(path, export_key(loaded, spec))
+    if manifest is not None:
+        progress(f"reused {path} ({why})")
         return ExportResult(path, artifacts.manifest_path(path), manifest)
+    if why != "nothing to reuse":
+        progress(f"exporting {path} again: {why}")
     return export_onnx(loaded, options, path, progress)
 
 
-def _same_export(manifest: dict, loaded: LoadedModel, spec: ResolvedExport) -> bool:
-    weights = manifest.get("weights", {})
-    return (
-        manifest.get("kind") == "onnx"
-        and manifest.get("variant") == loaded.variant.name
-        and weights.get("sha256") == loaded.source.sha256
-        and weights.get("seed") == loaded.source.seed
-        and manifest.get("options") == spec.as_dict()
-    )
+def export_key(loaded: LoadedModel, spec: ResolvedExport) -> dict:
+    """Everything an export depends on: the weights and every option."""
+    return {"kind": "onnx", "variant": loaded.variant.name,
+            "weights": {"sha256": loaded.source.sha256, "seed": loaded.source.seed}, "options": spec.as_dict()}
 
 
 def _references(head: OutputHead, variant: Variant, spec: ResolvedExport) -> dict[int, tuple[np.ndarray, np.ndarray]]:

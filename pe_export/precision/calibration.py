@@ -41,6 +41,18 @@ def image_files(source: str) -> list[Path]:
     return sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def images_fingerprint(source: str) -> str:
+    """A hash of every image the source offers (names and bytes), read without decoding them: what
+    decides whether an artifact calibrated on this source can be reused."""
+    if source == SYNTHETIC:
+        return SYNTHETIC
+    digest = hashlib.sha256()
+    for path in image_files(source):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def load_calibration(source: str, samples: int, size: int, seed: int = 0, allow_fewer: bool = False) -> CalibrationSet:
     """`samples` inputs of `size` x `size` from `source`; fewer usable images than asked is an error unless allowed."""
     if source == SYNTHETIC:

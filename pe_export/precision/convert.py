@@ -4,6 +4,7 @@ precision (imported lazily), int8/fp8 by explicit Q/DQ from streamed calibration
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -46,15 +47,17 @@ def calibration_method(precision: str, method: str) -> str:
 
 
 def quantize_qdq(source: Path, target: Path, precision: str, section: QuantSection, calibration: np.ndarray,
-                 settings: CalibrationSection, input_name: str, external: bool) -> None:
-    """Explicit, symmetric Q/DQ (per-channel weights) from ranges streamed on CPU."""
+                 settings: CalibrationSection, input_name: str, external: bool,
+                 progress: Callable[[int, int], None] = lambda done, total: None) -> None:
+    """Explicit, symmetric Q/DQ (per-channel weights) from ranges streamed on CPU; `progress` follows
+    the calibration images."""
     model = onnx.load(str(source), load_external_data=False)
     sites = qdq.plan(model.graph, section)
     if not sites:
         raise PeExportError(f"no node is left to quantize to {precision}: check the profile's op_types and exclude")
     with tempfile.TemporaryDirectory(dir=target.parent) as work:
         amax = activation_amax(source, calibration, settings.batch_size, calibration_method(precision, settings.method),
-                               list(section.op_types), input_name, Path(work), settings.provider)
+                               list(section.op_types), input_name, Path(work), settings.provider, progress)
     onnx.load_external_data_for_model(model, str(source.parent))
     qdq.insert_qdq(model, sites, amax, precision)
     onnx.save(model, str(target), save_as_external_data=external,

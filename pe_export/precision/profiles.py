@@ -119,6 +119,11 @@ class Profile(Strict):
         except UsageError as exc:
             raise ValueError(str(exc)) from None
 
+    def with_calibration(self, source: str | None = None, samples: int | None = None) -> "Profile":
+        """This profile with the command line's calibration source and sample count, where given."""
+        update = {name: value for name, value in (("source", source), ("samples", samples)) if value is not None}
+        return self.model_copy(update={"calibration": self.calibration.model_copy(update=update)}) if update else self
+
     def threshold(self, precision: str) -> float:
         return {**default_thresholds(), **self.parity}[precision]
 

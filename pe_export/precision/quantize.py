@@ -16,7 +16,7 @@ from pe_export.model.head import OutputHead
 from pe_export.onnx.export import EXTERNAL_DATA_BYTES, INPUT_NAME, ExportOptions, ExportResult, ensure_onnx
 from pe_export.precision import convert
 from pe_export.precision.calibrate import calibration_provider
-from pe_export.precision.calibration import CalibrationSet, load_calibration
+from pe_export.precision.calibration import CalibrationSet, images_fingerprint, load_calibration
 from pe_export.precision.profiles import Profile, resolve_profile
 from pe_export.precisions import get_precision
 from pe_export.report import ParityRow
@@ -58,14 +58,13 @@ def quantize_variant(
     spec = get_precision(precision)
     if spec.kind == "reference":
         raise UsageError("fp32 is the export itself: make it with `pe-export onnx`; quantize makes fp16, bf16, int8 or fp8")
-    chosen = resolve_profile(profile, variant)
+    chosen = resolve_profile(profile, variant).with_calibration(calib, samples)
     chosen.require(precision)
     convert.require_tools(precision)
     calibration = None
     if spec.calibrated:
-        c = chosen.calibration
         progress("reading calibration images")
-        calibration = load_calibration(calib or c.source, samples or c.samples, variant.image_size, c.seed, c.allow_fewer)
+        calibration = read_calibration(chosen, variant.image_size)
     if output:
         artifacts.prepare_destination(Path(output))
     progress("loading weights")
@@ -73,46 +72,53 @@ def quantize_variant(
     return make_precision(loaded, precision, chosen, calibration, output, progress)
 
 
-def precision_onnx(loaded: LoadedModel, precision: str, profile: Profile, calib: str | None = None,
-                   samples: int | None = None, progress: Callable[[str], None] = lambda s: None) -> Path:
-    """The ONNX file of any precision (fp32 included) for this profile, made or reused."""
-    spec = get_precision(precision)
-    if spec.kind == "reference":
-        return ensure_onnx(loaded, export_options(profile), progress=progress).path
+def read_calibration(profile: Profile, size: int) -> CalibrationSet:
     c = profile.calibration
-    calibration = lambda: (  # noqa: E731 - read only if a new int8/fp8 artifact is made
-        load_calibration(calib or c.source, samples or c.samples, loaded.variant.image_size, c.seed, c.allow_fewer)
-        if spec.calibrated else None
-    )
-    return ensure_precision(loaded, precision, profile, calibration, progress=progress).path
+    return load_calibration(c.source, c.samples, size, c.seed, c.allow_fewer)
+
+
+def precision_onnx(loaded: LoadedModel, precision: str, profile: Profile,
+                   progress: Callable[[str], None] = lambda s: None) -> Path:
+    """The ONNX file of any precision (fp32 included) for this profile, made or reused."""
+    if get_precision(precision).kind == "reference":
+        return ensure_onnx(loaded, export_options(profile), progress=progress).path
+    return ensure_precision(loaded, precision, profile, progress=progress).path
+
+
+def precision_key(fp32: ExportResult, precision: str, profile: Profile) -> dict:
+    """Everything a precision variant depends on: its source ONNX, calibration settings and images,
+    quantization settings and parity threshold."""
+    calibrated = get_precision(precision).calibrated
+    return {
+        "precision": precision,
+        "source_onnx": fp32.manifest["files"][fp32.path.name]["sha256"],
+        "calibration": profile.calibration.model_dump() if calibrated else None,
+        "calibration_images": images_fingerprint(profile.calibration.source) if calibrated else None,
+        "quantization": getattr(profile.quantization, precision).model_dump(),
+        "threshold": profile.threshold(precision),
+    }
 
 
 def ensure_precision(
     loaded: LoadedModel,
     precision: str,
     profile: Profile,
-    calibration: Callable[[], CalibrationSet | None],
     output: Path | None = None,
     progress: Callable[[str], None] = lambda step: None,
 ) -> PrecisionResult:
-    """The precision ONNX for this fp32 export and profile: reused when its manifest matches, else made.
-
-    `calibration` is called only when a new int8/fp8 artifact has to be made.
-    """
+    """The precision ONNX for this fp32 export and profile: reused when its key matches, else made
+    (calibration images are read only then)."""
     fp32 = ensure_onnx(loaded, export_options(profile), progress=progress)
     path = Path(output) if output else precision_path(fp32.path, precision)
-    manifest = artifacts.load_manifest(path)
-    same = manifest is not None and (
-        manifest.get("precision") == precision
-        and manifest.get("source_onnx", {}).get("sha256") == fp32.manifest["files"][fp32.path.name]["sha256"]
-        and manifest.get("profile", {}).get("name") == profile.name
-        and manifest.get("exclusions") == getattr(profile.quantization, precision).model_dump()
-    )
-    if same and artifacts.files_match(path, manifest):
-        progress(f"reusing {path}")
+    manifest, why = artifacts.reusable(path, precision_key(fp32, precision, profile))
+    if manifest is not None:
+        progress(f"reused {path} ({why})")
         parity = {k: v for k, v in manifest["parity"].items() if k in ParityRow.model_fields}
         return PrecisionResult(path, manifest, ParityRow(**parity))
-    return make_precision(loaded, precision, profile, calibration(), output, progress)
+    if why != "nothing to reuse":
+        progress(f"making {path} again: {why}")
+    calibration = read_calibration(profile, loaded.variant.image_size) if get_precision(precision).calibrated else None
+    return make_precision(loaded, precision, profile, calibration, output, progress)
 
 
 def make_precision(
@@ -131,9 +137,10 @@ def make_precision(
     with artifacts.staging(path) as scratch:
         staged = scratch / path.name
         progress(f"making {precision} from {fp32.path.name}")
-        _convert(fp32, staged, precision, profile, calibration, external)
+        _convert(fp32, staged, precision, profile, calibration, external, progress)
         model_files = [staged, *([scratch / f"{path.name}.data"] if external else [])]
         manifest = _manifest(loaded, fp32, precision, profile, calibration, staged)
+        manifest["key"] = precision_key(fp32, precision, profile)
         manifest_file = scratch / artifacts.manifest_path(path).name
         artifacts.write_json(manifest_file, manifest)  # parity reads the artifact's options from it
         progress(f"proving {precision} parity on onnxruntime CPU")
@@ -165,12 +172,14 @@ def _peak_rss_mb() -> float:
                  / 1024, 1)
 
 
-def _convert(fp32: ExportResult, staged: Path, precision: str, profile: Profile, calibration, external: bool) -> None:
+def _convert(fp32: ExportResult, staged: Path, precision: str, profile: Profile, calibration, external: bool,
+             progress: Callable[[str], None]) -> None:
     if get_precision(precision).kind == "mixed":
         convert.mixed_precision(fp32.path, staged, precision, getattr(profile.quantization, precision), external)
     else:
         convert.quantize_qdq(fp32.path, staged, precision, getattr(profile.quantization, precision), calibration.batch,
-                             profile.calibration, INPUT_NAME, external)
+                             profile.calibration, INPUT_NAME, external,
+                             lambda done, total: progress(f"calibrating: {done}/{total} images"))
 
 
 def _manifest(loaded, fp32: ExportResult, precision, profile: Profile, calibration, staged: Path) -> dict:

@@ -67,7 +67,7 @@ def trt_variant(
     precision ONNX and build or reuse its engine."""
     trt = trt or import_tensorrt()
     gpu = gpu or current_gpu()
-    chosen = resolve_profile(profile, get_variant(source.variant))
+    chosen = resolve_profile(profile, get_variant(source.variant)).with_calibration(calib, samples)
     chosen.require(precision)
     require_tools(precision)
     settings = build_settings(chosen, precision, **overrides)
@@ -75,6 +75,6 @@ def trt_variant(
         artifacts.prepare_destination(Path(output))
     progress("loading weights")
     loaded = source.load()
-    onnx_path = precision_onnx(loaded, precision, chosen, calib, samples, progress)
+    onnx_path = precision_onnx(loaded, precision, chosen, progress)
     return ensure_engine(onnx_path, settings, Path(output) if output else None, trt, gpu, progress)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +11,15 @@ import onnxruntime
 import pytest
 from PIL import Image
 
+from pe_export import artifacts
 from pe_export.errors import PeExportError, UsageError
 from pe_export.model import ModelSource, load_model
 from pe_export.onnx.export import ensure_onnx
 from pe_export.precision.calibration import load_calibration
 from pe_export.precision.profiles import find_profile, load_profile, profile_files
-from pe_export.precision.quantize import make_precision, quantize_variant
+from pe_export.precision.quantize import ensure_precision, make_precision, quantize_variant
 from pe_export.runners.onnxruntime import OrtRunner
+from pe_export.validate import compare
 
 SPATIAL = "PE-Spatial-T16-512"
 
@@ -199,10 +202,49 @@ def test_calibration_provider_falls_back_to_cpu(monkeypatch):
 def test_precision_artifact_matches_the_fixture(fixtures, made):
     data = fixtures.outputs(SPATIAL)
     out = OrtRunner(made["int8"].path).run(data["input"])
-    ref = data["forward"].reshape(-1, data["forward"].shape[-1])
-    got = out.reshape(ref.shape)
-    cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
-    assert cos.mean() >= 0.99
+    assert compare(data["forward"], out).cosine_mean >= 0.99
+
+
+def test_int8_calibrated_on_one_source_is_remade_for_another(spatial, profile, made, image_folder):
+    steps: list[str] = []
+    photos = profile.with_calibration(str(image_folder), 3)
+    result = ensure_precision(spatial, "int8", photos, progress=steps.append)
+    assert any(s.startswith(f"making {made['int8'].path} again: calibration.source, calibration.samples, "
+                            "calibration_images changed") for s in steps)
+    assert result.manifest["calibration"]["source"] == str(image_folder) and result.manifest["calibration"]["count"] == 3
+    before = result.path.stat().st_mtime_ns
+    steps.clear()
+    ensure_precision(spatial, "int8", photos, progress=steps.append)
+    assert f"reused {result.path} (same key)" in steps and result.path.stat().st_mtime_ns == before
+
+
+PRECISION_KEY = ["precision", "source_onnx", "calibration.source", "calibration.samples", "calibration.batch_size",
+                 "calibration.seed", "calibration.method", "calibration.allow_fewer", "calibration.provider",
+                 "calibration_images", "quantization.op_types", "quantization.exclude",
+                 "quantization.quantize_attention", "threshold"]
+EXPORT_KEY = ["kind", "variant", "weights.sha256", "weights.seed", "options.target", "options.opset", "options.rope",
+              "options.attention", "options.batch", "options.output", "options.layer", "options.strip_cls",
+              "options.simplify", "options.parity_threshold.min_cosine", "options.parity_threshold.max_abs"]
+
+
+def _flipped(key: dict, field: str) -> dict:
+    key = json.loads(json.dumps(key))
+    *parents, leaf = field.split(".")
+    node = key
+    for name in parents:
+        node = node[name]
+    node[leaf] = ["changed", node[leaf]]
+    return key
+
+
+@pytest.mark.parametrize("artifact, field", [("fp8", f) for f in PRECISION_KEY] + [("fp32", f) for f in EXPORT_KEY])
+def test_every_key_field_decides_reuse(made, artifact, field):
+    manifest = made["fp8"].manifest
+    path = Path(manifest["source_onnx"]["path"]) if artifact == "fp32" else made["fp8"].path
+    key = artifacts.load_manifest(path)["key"]
+    assert sorted(artifacts.flat_key(key)) == sorted(EXPORT_KEY if artifact == "fp32" else PRECISION_KEY)
+    assert artifacts.reusable(path, key)[1] == "same key"
+    assert artifacts.reusable(path, _flipped(key, field)) == (None, f"{field} changed")
 
 
 def test_matching_fp32_onnx_is_reused_and_a_stale_one_refused(spatial, profile, made):
