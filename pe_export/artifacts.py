@@ -6,10 +6,11 @@ never a truncated file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import glob
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -19,20 +20,21 @@ from pathlib import Path
 
 from pe_export.errors import PeExportError, UsageError
 
+log = logging.getLogger("pe_export")
+
 
 def prepare_destination(path: Path) -> None:
-    """Create the destination folder and make sure it can be written, before any long work starts."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create the output folder {path.parent}: {exc.strerror}") from exc
+    """Make sure the destination can be written, before any long work starts; creates nothing."""
     if path.is_dir():
         raise UsageError(f"output path {path} is a folder; give a file name")
+    existing = next(p for p in [path.parent, *path.parent.parents] if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"cannot create the output folder {path.parent}: {existing} is a file")
     try:  # a real write, since permission bits say nothing to root or on read-only mounts
-        with tempfile.TemporaryFile(dir=path.parent):
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
-        raise UsageError(f"cannot write to {path.parent}: {exc.strerror}; choose another path with -o") from exc
+        raise UsageError(f"cannot write to {existing}: {exc.strerror}; choose another path with -o") from exc
 
 
 @contextmanager
@@ -40,9 +42,15 @@ def staging(path: Path) -> Iterator[Path]:
     """A scratch folder on the destination's file system, removed whatever happens.
 
     Its name carries the process id, so that folders left by a killed process (which ran no
-    cleanup) are recognised and removed by the next stage writing the same artifact.
+    cleanup) are recognised and removed by the next command writing into the same folder. Output
+    folders this stage created are removed again when it fails and they stayed empty.
     """
-    _remove_orphaned_staging(path)
+    created = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the output folder {path.parent}: {exc.strerror}") from exc
+    remove_dead_staging(path.parent)
     folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".partial", dir=path.parent))
     try:
         yield folder
@@ -53,13 +61,24 @@ def staging(path: Path) -> Iterator[Path]:
         raise
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        for empty in created:  # deepest first
+            with contextlib.suppress(OSError):
+                empty.rmdir()
 
 
-def _remove_orphaned_staging(path: Path) -> None:
-    for folder in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
-        pid = folder.name[len(path.name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
+def remove_dead_staging(folder: Path) -> None:
+    """Remove the staging folders that killed processes left in `folder`, and say how much that freed."""
+    freed, count = 0, 0
+    for staged in folder.glob(".*.partial"):
+        parts = staged.name.removesuffix(".partial").rsplit(".", 2)  # .<artifact>.<pid>.<random>
+        pid = parts[1] if len(parts) == 3 else ""
+        if staged.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            freed += sum(f.stat().st_size for f in staged.rglob("*") if f.is_file() and not f.is_symlink())
+            shutil.rmtree(staged, ignore_errors=True)
+            count += 1
+    if count:
+        log.info("removed %d unfinished staging folder%s of killed runs in %s (%.1f MB freed)",
+                 count, "" if count == 1 else "s", folder, freed / 1e6)
 
 
 def _alive(pid: int) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -381,14 +382,17 @@ def parity(
 
     Example: pe-export parity -v L14 --random-init artifacts/PE-Lang-L14-448/*.onnx --images photos/
     """
-    from pe_export.bench.parity import run_parity
+    from pe_export.bench.parity import artifacts_to_score, parity_inputs, run_parity
+    from pe_export.variants import get_variant
 
+    variant = get_variant(source.variant)
+    inputs = parity_inputs(variant, images, synthetic)
+    paths = artifacts_to_score(variant, artifacts or ())
     with console.status("loading weights"):
         loaded = source.load()
     with _progress() as bar:
-        task = bar.add_task("parity", total=len(artifacts) if artifacts else None)
-        report = run_parity(loaded, artifacts or (), images, synthetic, threads=threads,
-                            on_row=lambda row: bar.advance(task))
+        task = bar.add_task("parity", total=len(paths))
+        report = run_parity(loaded, paths, threads=threads, on_row=lambda row: bar.advance(task), inputs=inputs)
     _finish(report, json_path, md_path)
     if any(row.passed is False for row in report.results):
         raise typer.Exit(1)
@@ -486,9 +490,20 @@ def _finish(report: Report, json_path: Optional[Path], md_path: Optional[Path]) 
         raise typer.Exit(130)
 
 
+class _Notes(logging.Handler):
+    """The library's notices (e.g. space freed from killed runs) as lines of output."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        console.print(f"[dim]note:[/] {escape(record.getMessage())}", highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI. Every error is one red line and its exit code (a traceback with --debug);
     Ctrl-C exits with 130 (Typer's own handling)."""
+    library_log = logging.getLogger("pe_export")
+    if not any(isinstance(h, _Notes) for h in library_log.handlers):
+        library_log.addHandler(_Notes())
+        library_log.setLevel(logging.INFO)
     state = CliState()
     args = list(sys.argv[1:] if argv is None else argv) or ["--help"]
     try:

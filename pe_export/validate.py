@@ -8,13 +8,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from pe_export import artifacts
 from pe_export.errors import UsageError
 from pe_export.precisions import get_precision
 from pe_export.report import ParityRow
-from pe_export.runners import open_runner
+from pe_export.runners import ARTIFACT_SUFFIXES, open_runner
 from pe_export.variants import Variant
 
 # One seed per purpose, so the inputs that prove an export, score an artifact and time a runner
@@ -106,6 +107,64 @@ class ParityInputs:
 def synthetic_inputs(variant: Variant, count: int, seed: int = PARITY_SEED) -> ParityInputs:
     batch = seeded_batch(variant, count, seed)
     return ParityInputs(batch, [f"synthetic-{i}" for i in range(count)], real_images=False)
+
+
+# ---- artifact files ----------------------------------------------------------------------------------
+
+def read_onnx(path: Path) -> onnx.ModelProto:
+    """The graph of an ONNX file, its weights left on disk; one clear error when it is no usable model."""
+    if not path.is_file():
+        raise UsageError(f"ONNX file not found: {path}")
+    if path.stat().st_size == 0:
+        raise UsageError(f"{path} is empty (0 bytes); make it again with `pe-export onnx` or `pe-export quantize`")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several types on garbage
+        raise UsageError(f"cannot read {path} as ONNX ({type(exc).__name__}): is it truncated or another kind of file?") from None
+    if not model.graph.node:
+        raise UsageError(f"{path} holds no graph (0 nodes); make it again with `pe-export onnx`")
+    return model
+
+
+def missing_external_data(model: onnx.ModelProto, path: Path) -> list[tuple[str, str]]:
+    """(tensor, problem) for every initializer whose external data file is missing or too short."""
+    problems = []
+    for tensor in model.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        file = path.parent / info.get("location", "")
+        needed = int(info.get("offset", 0)) + int(info.get("length", 0))
+        if not file.is_file():
+            problems.append((tensor.name, f"external data file {file.name} is missing"))
+        elif file.stat().st_size < needed:
+            problems.append((tensor.name, f"external data file {file.name} is shorter than its tensors need"))
+    return problems
+
+
+def check_artifact(path: Path, variant: Variant) -> None:
+    """Refuse, before any weights are loaded, an artifact that cannot be scored for this variant."""
+    if path.suffix not in ARTIFACT_SUFFIXES:
+        raise UsageError(f"unknown artifact type {path.suffix!r} ({path}); expected .onnx, .engine or .plan")
+    if not path.is_file():
+        raise UsageError(f"artifact not found: {path}")
+    made_for = (artifacts.read_manifest(path) or {}).get("variant", variant.name)
+    if made_for != variant.name:
+        raise UsageError(f"{path.name} was made for {made_for}, not {variant.name}; pass --variant {made_for}")
+    if path.suffix != ".onnx":
+        if path.stat().st_size == 0:
+            raise UsageError(f"{path} is empty (0 bytes); build it again with `pe-export trt`")
+        return
+    model = read_onnx(path)
+    missing = missing_external_data(model, path)
+    if missing:
+        raise UsageError(f"{path.name}: {missing[0][1]} ({len(missing)} tensors lack their data); "
+                         "copy it beside the model or make the model again")
+    dims = [d.dim_value or d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
+    expected = [3, variant.image_size, variant.image_size]
+    if dims[1:] != expected:
+        raise UsageError(f"{path.name} takes input {dims}, {variant.name} images are {expected}: "
+                         "is it for another variant?")
 
 
 # ---- running and scoring --------------------------------------------------------------------------

@@ -119,10 +119,10 @@ def test_parity_and_bench_commands(fixtures, capsys, monkeypatch, tmp_path):
     # the bench exported artifacts/<variant>/<variant>.ort.onnx; parity finds it by default
     code, out, _ = run(capsys, "parity", "-v", "PE-Spatial-T16-512", "-c", ckpt, "--synthetic", "2", "--json", "p.json")
     assert code == 0 and "PE-Spatial-T16-512.ort.onnx" in out and "pass" in out
-    # against a baseline that was far faster, the gate fails and names the row
+    # against a baseline 100x faster (a cold first run on a busy machine is no match), the gate fails and names the row
     data = json.loads((tmp_path / "lat.json").read_text())
     for row in data["results"]:
-        row["latency_ms"] = {k: v / 10 for k, v in row["latency_ms"].items()}
+        row["latency_ms"] = {k: v / 100 for k, v in row["latency_ms"].items()}
     (tmp_path / "fast.json").write_text(json.dumps(data))
     code, out, _ = run(capsys, "bench", "-v", "PE-Spatial-T16-512", "-c", ckpt, "--backends", "torch", "--iters", "2",
                        "--warmup", "0", "--baseline", "fast.json", "--max-regression", "50")

@@ -15,7 +15,7 @@ from pe_export.model.preprocess import IMAGE_SUFFIXES, preprocess_batch
 from pe_export.report import ParityRow, Report, make_report
 from pe_export.runners import ARTIFACT_SUFFIXES
 from pe_export.runners.device import cpu_name
-from pe_export.validate import ParityInputs, artifact_parity, reference_outputs, synthetic_inputs
+from pe_export.validate import ParityInputs, artifact_parity, check_artifact, reference_outputs, synthetic_inputs
 from pe_export.variants import Variant
 from pe_export.versions import versions
 
@@ -26,6 +26,11 @@ def image_inputs(variant: Variant, folder: Path) -> ParityInputs:
     if not files:
         raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     return ParityInputs(preprocess_batch(files, variant.image_size).numpy(), [p.name for p in files], real_images=True)
+
+
+def parity_inputs(variant: Variant, images: Path | None = None, synthetic: int = 8) -> ParityInputs:
+    """The images of a folder, or `synthetic` seeded inputs."""
+    return image_inputs(variant, images) if images else synthetic_inputs(variant, synthetic)
 
 
 def parity_rows(
@@ -56,6 +61,15 @@ def parity_report(loaded: LoadedModel, rows: list[ParityRow], inputs: ParityInpu
     return make_report("parity", loaded.variant.name, cpu_name(), versions(), settings, rows, interrupted)
 
 
+def artifacts_to_score(variant: Variant, given: Sequence[Path] = ()) -> list[Path]:
+    """The artifacts named (default: every one under artifacts/<variant>/), each checked to be
+    readable, complete and for this variant: cheap, so it comes before any weights are loaded."""
+    paths = [Path(p) for p in given] or default_artifacts(variant.name)
+    for path in paths:
+        check_artifact(path, variant)
+    return paths
+
+
 def default_artifacts(variant_name: str, root: Path = Path("artifacts")) -> list[Path]:
     """Every artifact with a manifest under artifacts/<variant>/."""
     folder = root / variant_name
@@ -74,10 +88,12 @@ def run_parity(
     thresholds: dict[str, float] | None = None,
     threads: int | None = None,
     on_row: Callable[[ParityRow], None] = lambda row: None,
+    inputs: ParityInputs | None = None,
 ) -> Report:
-    """Parity of each artifact (default: all under artifacts/<variant>/); Ctrl-C keeps the finished rows."""
-    paths = list(artifacts) or default_artifacts(loaded.variant.name)
-    inputs = image_inputs(loaded.variant, images) if images else synthetic_inputs(loaded.variant, synthetic)
+    """Parity of each artifact (default: all under artifacts/<variant>/) on `inputs` (default: the
+    images of `images`, else `synthetic` seeded inputs); Ctrl-C keeps the finished rows."""
+    inputs = inputs or parity_inputs(loaded.variant, images, synthetic)
+    paths = artifacts_to_score(loaded.variant, artifacts)
     rows: list[ParityRow] = []
     try:
         for row in parity_rows(loaded, paths, inputs, thresholds, threads, on_row):

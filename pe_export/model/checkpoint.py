@@ -61,6 +61,9 @@ def _read_pickle(path: Path) -> object:
         # mmap keeps a multi-GB checkpoint out of memory until its tensors are used.
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
+        if "global" not in str(exc).lower():  # not a pickle at all, rather than one naming unsafe code
+            raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint: it is no pickle or zip "
+                                  "archive of tensors (truncated, or another kind of file?)") from exc
         raise CheckpointError(
             f"refused to load {path}: it holds Python objects besides tensors, and only plain state dicts "
             "are loaded (torch.load weights_only=True); re-save it with torch.save(model.state_dict())"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import onnx
 
-from pe_export.errors import UsageError
 from pe_export.onnx.targets import Target, get_target
+from pe_export.validate import missing_external_data, read_onnx
 
 CONTROL_FLOW = {"If", "Loop", "Scan"}
 COMPLEX_TYPES = {onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128}
@@ -45,7 +45,7 @@ class CheckReport:
 def check_onnx(path: Path, target: str | Target) -> CheckReport:
     """List every node, attribute or tensor in the file that the target cannot run."""
     target = get_target(target) if isinstance(target, str) else target
-    model = _load(path)
+    model = read_onnx(path)
     opset = next((imp.version for imp in model.opset_import if imp.domain in ("", "ai.onnx")), 0)
     findings = []
     if opset > target.max_opset:
@@ -56,15 +56,6 @@ def check_onnx(path: Path, target: str | Target) -> CheckReport:
     findings.extend(_missing_external_data(model, path))
     histogram = collections.Counter(node.op_type for node in model.graph.node)
     return CheckReport(path, target, opset, len(model.graph.node), dict(histogram.most_common()), findings)
-
-
-def _load(path: Path) -> onnx.ModelProto:
-    if not path.is_file():
-        raise UsageError(f"ONNX file not found: {path}")
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - protobuf raises several types on garbage
-        raise UsageError(f"cannot read {path} as ONNX: {exc}") from exc
 
 
 def _all_nodes(graph: onnx.GraphProto):
@@ -102,18 +93,7 @@ def _complex_tensors(graph: onnx.GraphProto) -> list[Finding]:
 
 
 def _missing_external_data(model: onnx.ModelProto, path: Path) -> list[Finding]:
-    findings = []
-    for tensor in model.graph.initializer:
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        info = {entry.key: entry.value for entry in tensor.external_data}
-        file = path.parent / info.get("location", "")
-        needed = int(info.get("offset", 0)) + int(info.get("length", 0))
-        if not file.is_file():
-            findings.append(Finding(tensor.name, f"external data file {file.name} is missing"))
-        elif file.stat().st_size < needed:
-            findings.append(Finding(tensor.name, f"external data file {file.name} is shorter than its tensors need"))
-    return _collapse(findings)
+    return _collapse([Finding(tensor, problem) for tensor, problem in missing_external_data(model, path)])
 
 
 def _collapse(findings: list[Finding], first: int = 3) -> list[Finding]:
