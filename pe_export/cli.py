@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+import json
 import logging
 import sys
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional, get_args
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
+from rich.status import Status
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -36,11 +41,17 @@ app = typer.Typer(
     help="Export Meta's Perception Encoder (PE) vision towers to ONNX, precision variants and TensorRT engines.",
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 console = Console()
 err_console = Console(stderr=True)
 # Typer raises click's exceptions, from click itself or from its own copy of click.
 ParserError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+def flag(*names: str, **options: object) -> typer.models.OptionInfo:
+    """An on/off option, shown in --help as a flag (no value to give)."""
+    return typer.Option(*names, metavar="", **options)  # type: ignore[arg-type]
+
 
 VariantOpt = Annotated[
     str, typer.Option("--variant", "-v", help="Variant name, alias (L14, G14) or timm name; see `pe-export variants`.")
@@ -54,7 +65,7 @@ CheckpointOpt = Annotated[
         "Default: the variant's file on the Hugging Face hub (facebook/<name>).",
     ),
 ]
-RandomInitOpt = Annotated[bool, typer.Option("--random-init", help="Deterministic random weights (demos, tests).")]
+RandomInitOpt = Annotated[bool, flag("--random-init", help="Deterministic random weights (demos, tests).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for --random-init.")]
 
 
@@ -78,7 +89,7 @@ class Choice:
 TARGET = Choice("target", tuple(TARGETS))
 QUANTIZED = Choice("precision", tuple([p.name for p in PRECISIONS.values() if p.kind != "reference"]))
 LOWERING = Choice("lowering", tuple(get_args(Lowering)))
-OUTPUT = Choice("output", tuple(get_args(OutputKind)))
+OUTPUT = Choice("features", tuple(get_args(OutputKind)))
 DEVICE = Choice("device", tuple(get_args(Device)))
 COMPARE = Choice("comparison", tuple(get_args(CompareMode)))
 HARDWARE_COMPAT = Choice("hardware compatibility", tuple(get_args(HardwareCompat)))
@@ -128,32 +139,54 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     ctx: typer.Context,
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    version: Annotated[bool, flag("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")] = False,
+    debug: Annotated[bool, flag("--debug", help="Show full tracebacks instead of one-line errors.")] = False,
 ) -> None:
     """Export PE vision towers (Core, Lang, Spatial) for edge and production runtimes."""
     if isinstance(ctx.obj, CliState):
         ctx.obj.debug = debug
 
 
+def _print_table(title: str, records: list[dict], as_json: bool, shown: Optional[dict[str, Callable]] = None) -> None:
+    """Records as JSON, or as a table that never cuts a cell: folded in a terminal, Markdown in a
+    pipe or a log. `shown` formats a column's values for reading."""
+    if as_json:
+        sys.stdout.write(json.dumps(records, indent=2) + "\n")
+        return
+    columns = list(records[0]) if records else []
+    rows = [[(shown or {}).get(c, str)(r[c]) for c in columns] for r in records]
+    if console.is_terminal:
+        table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+        for column in columns:
+            table.add_column(column, no_wrap=True)
+        for row in rows:
+            table.add_row(*row)
+        natural = sum(max(len(c), *(len(r[i]) for r in rows)) + 3 for i, c in enumerate(columns))
+        if natural <= console.width:
+            console.print(table)
+            return
+        for row in rows:  # too narrow for the table: one record a paragraph, nothing cut
+            details = ", ".join(f"{c} {v}" for c, v in zip(columns[1:], row[1:]) if v)
+            console.print(f"[bold]{escape(row[0])}[/]  {escape(details)}", highlight=False)
+    else:
+        lines = [f"| {' | '.join(columns)} |", f"|{'---|' * len(columns)}", *(f"| {' | '.join(r)} |" for r in rows)]
+        sys.stdout.write("\n".join(lines) + "\n")
+
+
+JsonOpt = Annotated[bool, flag("--json", help="Print the data as JSON.")]
+
+
 @app.command()
-def variants() -> None:
+def variants(as_json: JsonOpt = False) -> None:
     """List every PE vision variant with its size and cost."""
     from pe_export.variants import VARIANTS
 
-    table = Table(title="PE vision variants")
-    for column in ("name", "alias", "family", "image", "patch", "tokens", "width", "layers", "heads"):
-        table.add_column(column, justify="left" if column in ("name", "alias", "family") else "right")
-    for column in ("parameters", "GMACs", "default output"):
-        table.add_column(column, justify="right")
-    for v in VARIANTS:
-        table.add_row(
-            v.name, v.alias or "", v.family, str(v.image_size), str(v.patch_size), str(v.tokens), str(v.width),
-            str(v.layers), str(v.heads), f"{v.parameters:,}", f"{v.gmacs:.1f}", v.default_output,
-        )
-    console.print(table)
+    records = [{"name": v.name, "alias": v.alias or "", "family": v.family, "image": v.image_size,
+                "patch": v.patch_size, "tokens": v.tokens, "width": v.width, "layers": v.layers, "heads": v.heads,
+                "parameters": v.parameters, "GMACs": round(v.gmacs, 1), "default output": v.default_output}
+               for v in VARIANTS]
+    _print_table("PE vision variants", records, as_json, {"parameters": "{:,}".format})
 
 
 @app.command()
@@ -174,12 +207,37 @@ def info(source: ModelSource) -> None:
     console.print(table)
 
 
-def _batch(value: str) -> Optional[int]:
+BATCH_SYNTAX = "N, a list N,N,N or a range MIN:OPT:MAX"
+
+
+def _batch_sizes(value: str) -> tuple[list[int], bool]:
+    """The one batch syntax of every command: N, N,N,N or MIN:OPT:MAX; (sizes, given as a range)."""
+    ranged = ":" in value
+    parts = [p.strip() for p in value.split(":" if ranged else ",")]
+    if not all(p.isdigit() and int(p) > 0 for p in parts) or (ranged and len(parts) != 3):
+        raise typer.BadParameter(f"{value!r}: batch sizes must be positive numbers, as {BATCH_SYNTAX}")
+    return [int(p) for p in parts], ranged
+
+
+def _static_batch(value: str) -> Optional[int]:
     if value == "dynamic":
         return None
-    if not value.isdigit() or int(value) < 1:
-        raise typer.BadParameter("use 'dynamic' or a positive batch size")
-    return int(value)
+    sizes, ranged = _batch_sizes(value)
+    if ranged or len(sizes) > 1:
+        raise typer.BadParameter("an ONNX file has one static batch size or a dynamic batch: give N or 'dynamic'")
+    return sizes[0]
+
+
+def _profile_range(value: str) -> dict:
+    sizes, ranged = _batch_sizes(value)
+    if not ranged and len(sizes) > 1:
+        raise typer.BadParameter("an engine's optimization profile is N or MIN:OPT:MAX, e.g. 1:8:32")
+    low, opt, high = sizes if ranged else sizes * 3
+    return {"batch_min": low, "batch_opt": opt, "batch_max": high}
+
+
+def _bench_sizes(value: str) -> list[int]:
+    return sorted(set(_batch_sizes(value)[0]))
 
 
 @app.command("onnx")
@@ -195,14 +253,13 @@ def onnx_export(
     opset: Annotated[Optional[int], typer.Option(help="ONNX opset; default from the target.")] = None,
     rope: Annotated[Optional[str], LOWERING.option(help="RoPE as one RotaryEmbedding node (fused, opset 23) or plain ops (decomposed).")] = None,
     attention: Annotated[Optional[str], LOWERING.option(help="Attention as one Attention node (fused, opset 23) or MatMul-Softmax-MatMul (decomposed).")] = None,
-    batch: Annotated[str, typer.Option(help="'dynamic' (default) or a fixed batch size.")] = "dynamic",
-    output_kind: Annotated[
-        Optional[str], OUTPUT.option("--output", help="tokens (default for Lang/Spatial) or pooled (Core: attention-pooled and projected).")
+    batch: Annotated[str, typer.Option(help="'dynamic' (the default) or one static size N.")] = "dynamic",
+    features: Annotated[
+        Optional[str], OUTPUT.option("--features", help="What the model gives: tokens (default for Lang/Spatial) or pooled (Core: attention-pooled and projected).")
     ] = None,
     layer: Annotated[int, typer.Option(help="Take the tokens after this block (negative counts from the end).")] = -1,
-    strip_cls: Annotated[bool, typer.Option("--strip-cls", help="Drop the class token from the tokens (what PLM feeds its LLM).")] = False,
-    simplify: Annotated[
-        bool, typer.Option("--simplify/--no-simplify", help="Run onnxslim and keep its graph when it is smaller (slow on big models; the exporter's own optimizer already folds constants).")
+    strip_cls: Annotated[bool, flag("--strip-cls", help="Drop the class token from the tokens (what PLM feeds its LLM).")] = False,
+    simplify: Annotated[bool, flag("--simplify/--no-simplify", help="Run onnxslim and keep its graph when it is smaller (slow on big models; the exporter's own optimizer already folds constants).")
     ] = False,
 ) -> None:
     """Export a variant to ONNX at its native size, proven against torch before it is written.
@@ -215,11 +272,11 @@ def onnx_export(
     from pe_export.onnx.export import ExportOptions, export_variant
 
     options = ExportOptions(
-        target=target, opset=opset, rope=rope, attention=attention, batch=_batch(batch),
-        output=output_kind, layer=layer, strip_cls=strip_cls, simplify=simplify,
+        target=target, opset=opset, rope=rope, attention=attention, batch=_static_batch(batch),
+        output=features, layer=layer, strip_cls=strip_cls, simplify=simplify,
     )
-    with console.status("checking options") as status:
-        result = export_variant(source, options=options, output=output, progress=status.update)
+    with stages("checking options") as progress:
+        result = export_variant(source, options=options, output=output, progress=progress)
     m = result.manifest
     parity = m["parity"]
     console.print(f"[green]wrote[/] {result.path} ({m['nodes']} nodes, opset {m['opset']['ai.onnx']}, "
@@ -268,9 +325,9 @@ def quantize(
     """
     from pe_export.precision.quantize import quantize_variant
 
-    with console.status("checking the request") as status:
+    with stages("checking the request") as progress:
         result = quantize_variant(source, precision, profile=profile, calib=calib, samples=samples, output=output,
-                                  progress=status.update)
+                                  progress=progress)
     m, row = result.manifest, result.parity
     console.print(f"[green]wrote[/] {result.path} ({precision}, Q/DQ nodes {m['qdq_nodes']['QuantizeLinear']}+"
                   f"{m['qdq_nodes']['DequantizeLinear']}, {m['seconds']} s)")
@@ -285,33 +342,23 @@ def quantize(
                       f"(min {row.cosine_min:.5f}), max abs {row.max_abs:.3g}, threshold {row.threshold}")
 
 
-def _batch_range(value: Optional[str]) -> dict:
-    if not value:
-        return {}
-    parts = value.split(":")
-    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise typer.BadParameter("use MIN:OPT:MAX, e.g. 1:8:32")
-    low, opt, high = map(int, parts)
-    return {"batch_min": low, "batch_opt": opt, "batch_max": high}
-
-
 @app.command()
 @model_command
 def trt(
     source: ModelSource,
-    fp16: Annotated[bool, typer.Option("--fp16", help="FP16 mixed precision (the default).")] = False,
-    bf16: Annotated[bool, typer.Option("--bf16", help="BF16 mixed precision.")] = False,
-    int8: Annotated[bool, typer.Option("--int8", help="INT8 explicit Q/DQ from the profile's calibration.")] = False,
-    fp8: Annotated[bool, typer.Option("--fp8", help="FP8 explicit Q/DQ (Ada, Hopper and later).")] = False,
-    fp32: Annotated[bool, typer.Option("--fp32", help="Full fp32.")] = False,
+    fp16: Annotated[bool, flag("--fp16", help="FP16 mixed precision (the default).")] = False,
+    bf16: Annotated[bool, flag("--bf16", help="BF16 mixed precision.")] = False,
+    int8: Annotated[bool, flag("--int8", help="INT8 explicit Q/DQ from the profile's calibration.")] = False,
+    fp8: Annotated[bool, flag("--fp8", help="FP8 explicit Q/DQ (Ada, Hopper and later).")] = False,
+    fp32: Annotated[bool, flag("--fp32", help="Full fp32.")] = False,
     profile: Annotated[Optional[str], typer.Option(help="Profile name or YAML file: export options, calibration, TensorRT settings.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output-path", "-o", help="The engine file. Default: beside its ONNX, .engine")] = None,
-    batch: Annotated[Optional[str], typer.Option(help="Optimization profile MIN:OPT:MAX, e.g. 1:8:32. Default: the profile's.")] = None,
+    batch: Annotated[Optional[str], typer.Option(help="The optimization profile: N or MIN:OPT:MAX, e.g. 1:8:32. Default: the profile's.")] = None,
     workspace: Annotated[Optional[float], typer.Option(help="Workspace limit in GiB.")] = None,
     opt_level: Annotated[Optional[int], typer.Option(help="Builder optimization level 0-5.", min=0, max=5)] = None,
     timing_cache: Annotated[Optional[Path], typer.Option(help="Timing cache to load and save (faster rebuilds).")] = None,
     hardware_compat: Annotated[Optional[str], HARDWARE_COMPAT.option(help="'ampere+' for an engine that runs on any Ampere or newer GPU.")] = None,
-    version_compatible: Annotated[bool, typer.Option("--version-compatible", help="An engine later TensorRT versions can load.")] = False,
+    version_compatible: Annotated[bool, flag("--version-compatible", help="An engine later TensorRT versions can load.")] = False,
     dla_core: Annotated[Optional[int], typer.Option(help="Jetson: run on this DLA core with GPU fallback.", min=0)] = None,
     calib: Annotated[Optional[str], typer.Option(help="Calibration images for --int8/--fp8 (folder, glob or 'synthetic').")] = None,
 ) -> None:
@@ -327,12 +374,12 @@ def trt(
     chosen = [name for name, on in (("fp16", fp16), ("bf16", bf16), ("int8", int8), ("fp8", fp8), ("fp32", fp32)) if on]
     if len(chosen) > 1:
         raise UsageError(f"choose one precision, not {' and '.join('--' + c for c in chosen)}")
-    with console.status("checking TensorRT and the GPU") as status:
+    with stages("checking TensorRT and the GPU") as progress:
         result = trt_variant(
             source, chosen[0] if chosen else "fp16", profile=profile, output=output, calib=calib,
-            progress=status.update, workspace_gib=workspace, opt_level=opt_level, timing_cache=timing_cache,
+            progress=progress, workspace_gib=workspace, opt_level=opt_level, timing_cache=timing_cache,
             hardware_compat=hardware_compat, version_compatible=version_compatible or None,
-            dla_core=dla_core, **_batch_range(batch),
+            dla_core=dla_core, **(_profile_range(batch) if batch else {}),
         )
     m = result.metadata
     console.print(f"[green]wrote[/] {result.path} ({m['precision']}, {m['engine_bytes'] / 2**20:.1f} MiB, "
@@ -340,18 +387,18 @@ def trt(
 
 
 @app.command()
-def profiles() -> None:
-    """List the calibration profiles (profiles/*.yaml) with their variant, target and precisions."""
-    from pe_export.precision.profiles import load_profile, profile_files
+def profiles(as_json: JsonOpt = False) -> None:
+    """List the calibration profiles with their variant, target, precisions and where each comes from
+    (shipped with pe-export, or a ./profiles folder that overrides a shipped file of the same name)."""
+    from pe_export.precision.profiles import load_profile, profile_sources
 
-    table = Table(title="profiles")
-    for column in ("name", "variant", "target", "batch", "precisions", "file"):
-        table.add_column(column)
-    for path in profile_files():
+    records = []
+    for path, origin in profile_sources():
         p = load_profile(path)
-        table.add_row(p.name, p.variant, p.export.target, f"{p.batch.min}/{p.batch.opt}/{p.batch.max}",
-                      ", ".join(p.precisions), str(path))
-    console.print(table)
+        records.append({"name": p.name, "variant": p.variant, "target": p.export.target,
+                        "batch": [p.batch.min, p.batch.opt, p.batch.max], "precisions": p.precisions,
+                        "from": origin, "file": str(path)})
+    _print_table("profiles", records, as_json, {"batch": lambda b: "/".join(map(str, b)), "precisions": ", ".join})
 
 
 def _csv(value: str) -> list[str]:
@@ -388,7 +435,7 @@ def parity(
     variant = get_variant(source.variant)
     inputs = parity_inputs(variant, images, synthetic)
     paths = artifacts_to_score(variant, artifacts or ())
-    with console.status("loading weights"):
+    with stages("loading weights"):
         loaded = source.load()
     with _progress() as bar:
         task = bar.add_task("parity", total=len(paths))
@@ -408,12 +455,12 @@ def bench(
     source: ModelSource,
     backends: Annotated[str, typer.Option(help=f"Comma list of {', '.join(BACKENDS)}.")] = "torch,onnxruntime",
     precision: Annotated[str, typer.Option(help=f"Comma list of {', '.join(PRECISIONS)}.")] = "fp32",
-    batch: Annotated[str, typer.Option(help="Comma list of batch sizes, e.g. 1,8,32.")] = "1",
+    batch: Annotated[str, typer.Option(help=f"Batch sizes to time: {BATCH_SYNTAX} (its three sizes), e.g. 1,8,32.")] = "1",
     warmup: Annotated[int, typer.Option(help="Untimed runs before timing.", min=0)] = 2,
     iters: Annotated[int, typer.Option(help="Timed runs per row.", min=1)] = 10,
     seconds: Annotated[Optional[float], typer.Option(help="Time each row for this long instead of --iters.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch and onnxruntime.", min=1)] = None,
-    cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="TensorRT rows: capture one CUDA graph per batch size and time its replay.")] = False,
+    cuda_graph: Annotated[bool, flag("--cuda-graph", help="TensorRT rows: capture one CUDA graph per batch size and time its replay.")] = False,
     device: Annotated[str, DEVICE.option(help="Where the torch backends run (GPU timing with CUDA events).")] = "cpu",
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON (schema pe-export/latency/1).")] = None,
     md_path: Annotated[Optional[Path], typer.Option("--md", help="Write the report as a Markdown table.")] = None,
@@ -434,7 +481,7 @@ def bench(
 
     try:
         settings = BenchSettings(
-            backends=_csv(backends), precisions=_csv(precision), batches=[int(b) for b in _csv(batch)],
+            backends=_csv(backends), precisions=_csv(precision), batches=_bench_sizes(batch),
             warmup=warmup, iters=iters, seconds=seconds, threads=threads, device=device, cuda_graph=cuda_graph,
         )
     except (ValidationError, ValueError) as exc:
@@ -443,7 +490,7 @@ def bench(
     if plot:
         require_plotting()
     past = _baseline(baseline, load_report) if baseline else None
-    with console.status("loading weights"):
+    with stages("loading weights"):
         loaded = source.load()
     rows = (len(settings.backends) * len(settings.precisions) - len(skipped_pairs(settings))) * len(settings.batches)
     with _progress() as bar:
@@ -477,6 +524,41 @@ def _baseline(path: Path, load_report: Callable[[Path], Report]) -> Report:
         raise UsageError(f"cannot use {path} as a baseline: {exc}") from None
 
 
+class _Stages:
+    """The steps of a long command: the current one on a spinner, each finished one as a line with
+    its time, so that a terminal, a pipe and a log all show what was done and how long it took.
+    A step "name: detail" followed by "name: other detail" (e.g. images done) updates in place."""
+
+    def __init__(self, status: Status):
+        self.status = status
+        self.step: Optional[str] = None
+        self.started = 0.0
+
+    def __call__(self, step: str) -> None:
+        same = self.step is not None and ":" in step and step.split(":")[0] == self.step.split(":")[0]
+        if not same:
+            self.finish()
+            self.started = time.perf_counter()
+        self.step = step
+        self.status.update(escape(step))
+
+    def finish(self) -> None:
+        if self.step is not None:
+            seconds = time.perf_counter() - self.started
+            console.print(f"[green]✓[/] {escape(self.step)} [dim]({seconds:.1f} s)[/]", highlight=False, soft_wrap=True)
+        self.step = None
+
+
+@contextlib.contextmanager
+def stages(first: str) -> Iterator[Callable[[str], None]]:
+    """Report a command's steps (see _Stages); the last one is marked done only when all went well."""
+    with console.status(escape(first)) as status:
+        steps = _Stages(status)
+        steps(first)
+        yield steps
+        steps.finish()
+
+
 def _finish(report: Report, json_path: Optional[Path], md_path: Optional[Path]) -> None:
     from pe_export.report import to_markdown
 
@@ -486,7 +568,7 @@ def _finish(report: Report, json_path: Optional[Path], md_path: Optional[Path]) 
         if path:
             console.print(f"wrote {path}")
     if report.interrupted:
-        console.print("[yellow]interrupted[/]: the report holds the finished rows")
+        console.print("[dim]note:[/] the report holds the rows finished before the interruption")
         raise typer.Exit(130)
 
 
@@ -517,6 +599,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         _error(str(exc))
         code = exc.exit_code
+    if code == 130:
+        _error("interrupted")
     raise SystemExit(code or 0)
 
 

@@ -97,7 +97,7 @@ def test_check_lists_problems_and_exits_1(capsys, monkeypatch, tmp_path):
     [
         (["onnx", "-v", "PE-Spatial-T16-512", "--random-init", "--opset", "17"], "needs opset 23 or higher"),
         (["onnx", "-v", "PE-Spatial-T16-512", "--random-init", "--target", "trt9"], "unknown target 'trt9'"),
-        (["onnx", "-v", "PE-Spatial-T16-512", "--random-init", "--output", "pooled"], "no attention pooler"),
+        (["onnx", "-v", "PE-Spatial-T16-512", "--random-init", "--features", "pooled"], "no attention pooler"),
     ],
 )
 def test_onnx_bad_input(capsys, args, message):
@@ -174,3 +174,77 @@ def test_profiles_and_quantize_commands(fixtures, capsys, monkeypatch, tmp_path)
 def test_quantize_bad_input(capsys, args, message):
     code, _, err = run(capsys, *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+# ---- reading well in a pipe, a log or a narrow terminal ----------------------------------------------
+
+def _terminal(monkeypatch, width: int):
+    import io
+
+    from rich.console import Console
+
+    import pe_export.cli as cli
+
+    screen = Console(file=io.StringIO(), force_terminal=True, width=width, color_system=None)
+    monkeypatch.setattr(cli, "console", screen)
+    return screen.file
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_tables_never_cut_a_name(capsys, monkeypatch, width):
+    from pe_export.variants import VARIANTS
+
+    screen = _terminal(monkeypatch, width)
+    assert run(capsys, "variants")[0] == 0 and run(capsys, "profiles")[0] == 0
+    shown = screen.getvalue()
+    assert all(v.name in shown for v in VARIANTS) and "pe-lang-l14-jetson-orin" in shown and "…" not in shown
+
+
+def test_tables_in_a_pipe_are_markdown_and_json_gives_the_data(capsys):
+    import json
+
+    code, out, _ = run(capsys, "variants")
+    assert code == 0 and out.startswith("| name | alias |") and "| PE-Lang-L14-448 | L14 | Lang | 448 |" in out
+    code, out, _ = run(capsys, "variants", "--json")
+    lang = next(v for v in json.loads(out) if v["name"] == "PE-Lang-L14-448")
+    assert (lang["parameters"], lang["tokens"], lang["GMACs"]) == (291415040, 1025, 346.7)
+    code, out, _ = run(capsys, "profiles", "--json")
+    jetson = next(p for p in json.loads(out) if p["name"] == "pe-lang-l14-jetson-orin")
+    assert jetson["from"] == "shipped" and jetson["batch"] == [1, 1, 1] and jetson["target"] == "jetson"
+
+
+def test_help_is_h_too_and_flags_show_as_flags(capsys):
+    code, out, _ = run(capsys, "onnx", "-h")
+    lines = {line.split()[1]: line for line in out.splitlines() if line.strip().startswith("│") and "--" in line}
+    assert code == 0 and "--random-init" in lines and "--features" in lines
+    assert "<bool>" not in lines["--random-init"] and "<bool>" not in lines["--strip-cls"]
+    assert "[fused|decomposed" in out and "[tokens|pooled]" in out
+
+
+def test_long_steps_are_lines_with_their_time(capsys, tmp_path):
+    code, out, _ = run(capsys, "onnx", "-v", "PE-Spatial-T16-512", "--random-init", "--target", "jetson",
+                       "-o", str(tmp_path / "m.onnx"))
+    steps = [line for line in out.splitlines() if line.startswith("✓")]
+    assert code == 0 and [s.rsplit(" (", 1)[0] for s in steps][1:] == [
+        "✓ loading weights", "✓ computing torch reference outputs",
+        "✓ tracing PE-Spatial-T16-512 and writing ONNX (opset 17)", "✓ checking the graph (onnx.checker, full)",
+        "✓ proving parity: onnxruntime CPU against torch"]
+    assert all(s.endswith(" s)") for s in steps)
+
+
+def test_ctrl_c_says_interrupted_and_leaves_nothing(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_ = subprocess.Popen([sys.executable, "-m", "pe_export.cli", "onnx", "-v", "PE-Spatial-T16-512", "--random-init",
+                             "-o", str(tmp_path / "out" / "m.onnx")], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not run_.stdout.readline().startswith("✓ loading weights"):
+        pass
+    run_.send_signal(signal.SIGINT)
+    _, err = run_.communicate(timeout=120)
+    assert run_.returncode == 130 and err.strip() == "error: interrupted"
+    assert list(tmp_path.iterdir()) == []

@@ -3,6 +3,7 @@ checked and built for one target. Validated by a schema; errors name the file, l
 
 from __future__ import annotations
 
+import importlib.resources
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -14,7 +15,7 @@ from pe_export.onnx.targets import TARGETS, Lowering
 from pe_export.precisions import PRECISIONS, PrecisionName, default_thresholds, get_precision
 from pe_export.variants import OutputKind, Variant, get_variant
 
-PROFILE_DIRS = (Path("profiles"), Path(__file__).resolve().parents[2] / "profiles")
+USER_PROFILES = Path("profiles")  # a ./profiles folder beside the user's work overrides a shipped file of the same name
 # Kept in fp32 by the fp16/bf16 conversion: normalization and softmax statistics, and the RoPE
 # rotation with its cos/sin tables (its nodes are named `.../rotary...` by the exporter).
 KEEP_FP32_OPS = ["LayerNormalization", "Softmax", "RotaryEmbedding"]
@@ -153,12 +154,20 @@ def resolve_profile(name_or_path: str | Path | None, variant: Variant) -> Profil
     return chosen
 
 
-def profile_files() -> list[Path]:
-    seen: dict[str, Path] = {}
-    for folder in PROFILE_DIRS:
+def profile_sources() -> list[tuple[Path, str]]:
+    """Every profile file with where it comes from: "./profiles" (the user's) or "shipped" (package
+    data); a user's file hides a shipped one of the same name."""
+    shipped = Path(str(importlib.resources.files("pe_export") / "profiles"))
+    seen: dict[str, tuple[Path, str]] = {}
+    for folder, origin in ((USER_PROFILES, "./profiles"), (shipped, "shipped")):
         for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
-            seen.setdefault(path.name, path)
+            is_shipped = origin == "shipped" or path.resolve() == (shipped / path.name).resolve()
+            seen.setdefault(path.name, (path, "shipped" if is_shipped else origin))
     return list(seen.values())
+
+
+def profile_files() -> list[Path]:
+    return [path for path, _ in profile_sources()]
 
 
 def find_profile(name_or_path: str | Path) -> Profile:
