@@ -37,8 +37,26 @@ def mixed_precision(source: Path, target: Path, precision: str, section: MixedSe
             nodes_to_exclude=[ROPE_NODES, *section.exclude], keep_io_types=True, data_max=float("inf"),
             providers=["cpu"],
         )
+    drop_guessed_shapes(model.graph)
     onnx.save(model, str(target), save_as_external_data=external,
               location=f"{target.name}.data" if external else None, all_tensors_to_one_file=True)
+
+
+def drop_guessed_shapes(graph: onnx.GraphProto) -> None:
+    """Remove shape annotations whose symbolic dims the converter made up.
+
+    AutoCast's shape inference names every unknown dim "unk", so the pooler's (B, 1, W) query and
+    the (B, N, W) tokens claim the same shape, and onnxruntime warns while it re-plans their
+    buffers. Only the dims the graph's inputs and outputs name mean something; onnxruntime infers
+    the rest itself.
+    """
+    def dims(value: onnx.ValueInfoProto) -> set[str]:
+        return {d.dim_param for d in value.type.tensor_type.shape.dim if d.dim_param}
+
+    known = set().union(*(dims(v) for v in [*graph.input, *graph.output]))
+    kept = [v for v in graph.value_info if dims(v) <= known]
+    graph.ClearField("value_info")
+    graph.value_info.extend(kept)
 
 
 def calibration_method(precision: str, method: str) -> str:

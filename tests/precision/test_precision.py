@@ -14,7 +14,7 @@ from PIL import Image
 from pe_export import artifacts
 from pe_export.errors import PeExportError, UsageError
 from pe_export.model import ModelSource, load_model
-from pe_export.onnx.export import ensure_onnx
+from pe_export.onnx.export import ExportOptions, ensure_onnx
 from pe_export.precision.calibration import load_calibration
 from pe_export.precision.profiles import find_profile, load_profile, profile_files
 from pe_export.precision.quantize import ensure_precision, make_precision, quantize_variant
@@ -333,3 +333,24 @@ def _qdq_sites(model):
                 axis = next((a.i for a in dq.attribute if a.name == "axis"), None)
                 sites[(node.name, index)] = (axis if inits[dq.input[1]].ndim else None, inits[dq.input[1]])
     return sites
+
+
+def test_exported_graphs_run_without_onnxruntime_warnings(made, fixtures, tmp_path, capfd, monkeypatch):
+    """Every T16 graph (fp32 of each target, Core's pooled head, each precision) at changing batch
+    sizes: onnxruntime, asked to report warnings, has none (no bogus shape annotations)."""
+    paths = [made[p].path.resolve() for p in ("fp16", "int8", "fp8")]
+    monkeypatch.chdir(tmp_path)
+    core = load_model("PE-Core-T16-384", fixtures.checkpoint("PE-Core-T16-384"))
+    core_profile = load_profile(_profile(tmp_path, "name: core\nvariant: PE-Core-T16-384\nexport: {target: ort}\n"))
+    paths += [ensure_onnx(core, ExportOptions(target=t)).path for t in ("trt11", "jetson")]
+    paths.append(make_precision(core, "fp16", core_profile, None).path)
+    capfd.readouterr()
+    for path in paths:
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 2  # warnings and worse
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        size = 384 if "Core" in path.name else 512
+        for batch in (4, 1, 3):
+            session.run(None, {"pixel_values": np.zeros((batch, 3, size, size), np.float32)})
+    warnings = [line for line in capfd.readouterr().err.splitlines() if "[W:onnxruntime" in line]
+    assert warnings == []
