@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 from pe_export.errors import CheckpointError
 from pe_export.variants import Variant
 
 HF_SCHEME = "hf://"
+REACH_SECONDS = 5  # without an answer by then, the hub counts as unreachable (instead of minutes of retries)
 
 
 def resolve_checkpoint(variant: Variant, checkpoint: str | Path | None) -> Path:
@@ -27,13 +30,34 @@ def resolve_checkpoint(variant: Variant, checkpoint: str | Path | None) -> Path:
 
 
 def _download(repo_id: str, filename: str) -> Path:
-    from huggingface_hub import hf_hub_download
+    """The cached copy when there is one; else a download, once the hub has shown it can be reached."""
+    from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    way_out = "pass a local file with --checkpoint PATH, or use --random-init for random weights"
+    try:
+        return Path(hf_hub_download(repo_id=repo_id, filename=filename, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        pass
+    if constants.HF_HUB_OFFLINE:
+        raise CheckpointError(f"{filename} of {repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
+                              f"{way_out}") from None
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    if not _reachable(host):
+        raise CheckpointError(f"{filename} of {repo_id} is not in the Hugging Face cache and {host} cannot be reached "
+                              f"(no network?); {way_out}") from None
     try:
         return Path(hf_hub_download(repo_id=repo_id, filename=filename))
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
         raise CheckpointError(
             f"could not get {filename} from the Hugging Face hub repo {repo_id} (offline, not cached, or not there); "
-            "pass a local file with --checkpoint PATH, or use --random-init for random weights"
+            f"{way_out}"
         ) from exc
+
+
+def _reachable(host: str) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=REACH_SECONDS).close()
+    except OSError:
+        return False
+    return True

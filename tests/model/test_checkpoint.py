@@ -258,3 +258,27 @@ def test_hub_miss_names_the_way_out(tmp_path, monkeypatch):
         load_model("L14")
     with pytest.raises(CheckpointError, match="not an hf:// path"):
         load_model("L14", "hf://only-repo")
+
+
+def test_no_network_and_no_cache_fails_at_once(tmp_path, monkeypatch):
+    """No retries against an unreachable hub: one look at the network, then the way out."""
+    import socket
+
+    import huggingface_hub
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    tries = []
+    monkeypatch.setattr(socket, "create_connection", lambda address, timeout: tries.append(address) or _raise(OSError()))
+    online = []
+    real = huggingface_hub.hf_hub_download
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda **k: real(**k) if k.get("local_files_only") else online.append(k))
+    with pytest.raises(CheckpointError, match="not in the Hugging Face cache and huggingface.co cannot be reached"):
+        load_model("L14")
+    assert tries == [("huggingface.co", 443)] and online == []
+
+
+def _raise(exc: Exception):
+    raise exc
