@@ -231,13 +231,15 @@ def onnx_export(
 @app.command()
 def check(
     model: Annotated[Path, typer.Argument(help="The .onnx file to lint.")],
-    target: Annotated[str, TARGET.option(help="The runtime to check against.")] = DEFAULT_TARGET,
+    target: Annotated[str, typer.Option(
+        metavar=f"[{'|'.join(TARGETS)}|trtMAJOR.MINOR]",
+        help="The runtime to check against: a target, or one TensorRT release such as trt10.8.")] = DEFAULT_TARGET,
 ) -> None:
     """Lint an ONNX file for a target runtime; exit 1 if anything in it cannot run there.
 
-    Flags: RotaryEmbedding before TensorRT 10.15, Attention before 10.14 or with more than one
-    output, an opset above the target's, com.microsoft and other non-standard ops, If/Loop,
-    complex types, and missing external data.
+    Follows the ONNX parser of each TensorRT release (highest opset, RotaryEmbedding from 10.15,
+    Attention from 10.14 and single-output only), and flags com.microsoft and other non-standard
+    ops, If/Loop, complex types and missing external data. Many nodes with one problem are one line.
     """
     from pe_export.onnx.check import check_onnx
 
@@ -245,8 +247,8 @@ def check(
     if report.ok:
         console.print(f"[green]ok[/] {report.summary()}")
         return
-    for finding in report.findings:
-        console.print(f"[red]x[/] {finding}", highlight=False, soft_wrap=True)
+    for line in report.lines():
+        console.print(f"[red]x[/] {line}", highlight=False, soft_wrap=True)
     console.print(f"[bold red]{len(report.findings)} problem(s)[/] for {report.target.runtime} in {model}")
     raise typer.Exit(1)
 
