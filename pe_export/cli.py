@@ -314,6 +314,7 @@ def trt(
     hardware_compat: Annotated[Optional[str], HARDWARE_COMPAT.option(help="'ampere+' for an engine that runs on any Ampere or newer GPU.")] = None,
     version_compatible: Annotated[bool, typer.Option("--version-compatible", help="An engine later TensorRT versions can load.")] = False,
     dla_core: Annotated[Optional[int], typer.Option(help="Jetson: run on this DLA core with GPU fallback.", min=0)] = None,
+    tf32: Annotated[bool, typer.Option("--tf32", help="--fp32: let TensorRT compute in TF32 (faster, misses the fp32 parity gate).")] = False,
     calib: Annotated[Optional[str], typer.Option(help="Calibration images for --int8/--fp8 (folder, glob or 'synthetic').")] = None,
 ) -> None:
     """Build a strongly typed TensorRT engine; its precision comes from the ONNX graph.
@@ -333,11 +334,13 @@ def trt(
             source, chosen[0] if chosen else "fp16", profile=profile, output=output, calib=calib,
             progress=status.update, workspace_gib=workspace, opt_level=opt_level, timing_cache=timing_cache,
             hardware_compat=hardware_compat, version_compatible=version_compatible or None,
-            dla_core=dla_core, **_batch_range(batch),
+            dla_core=dla_core, tf32=tf32 or None, **_batch_range(batch),
         )
     m = result.metadata
     console.print(f"[green]wrote[/] {result.path} ({m['precision']}, {m['engine_bytes'] / 2**20:.1f} MiB, "
                   f"TensorRT {m['tensorrt']}, {m['gpu']['name']}, {m['build_seconds']} s)")
+    for note in result.notes:
+        console.print(f"[yellow]note[/] {note}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -22,14 +22,12 @@ def onnx_artifact(loaded: LoadedModel, precision: str, progress: Callable[[str],
 
 def engine_artifact(loaded: LoadedModel, precision: str, progress: Callable[[str], None]) -> Path:
     """The TensorRT engine of a precision (default profile, batches up to 32), built or reused."""
-    from pe_export.runners.tensorrt_env import current_gpu, import_tensorrt
     from pe_export.trt.engine import build_settings, ensure_engine
 
-    trt, gpu = import_tensorrt(), current_gpu()
     profile = default_profile(loaded.variant.name)
     settings = build_settings(profile, precision, batch_max=32, batch_opt=8)
     onnx_path = precision_onnx(loaded, precision, profile, progress=progress)
-    return ensure_engine(onnx_path, settings, None, trt, gpu, progress).path
+    return ensure_engine(onnx_path, settings, None, None, progress).path
 
 
 def runner_opener(loaded: LoadedModel, threads: int | None, device: str, cuda_graph: bool = False,
