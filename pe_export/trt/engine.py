@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from pe_export import artifacts
 from pe_export.errors import TensorRTUnavailable, UsageError
-from pe_export.model import ModelSource
+from pe_export.model import LoadedModel, ModelSource
 from pe_export.precision.convert import require_tools
 from pe_export.precision.profiles import Profile, resolve_profile
 from pe_export.precision.quantize import precision_onnx
@@ -30,6 +30,13 @@ def build_settings(profile: Profile, precision: str, **overrides) -> BuildSettin
         return BuildSettings(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
     except ValidationError as exc:
         raise UsageError(f"bad TensorRT settings: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+
+
+def covering_settings(profile: Profile, precision: str, batches: Sequence[int]) -> BuildSettings:
+    """The profile's settings with its batch range widened to cover `batches` (its opt stays), so that
+    one engine serves parity and every benchmarked batch, and `pe-export trt --profile` builds the same one."""
+    return build_settings(profile, precision, batch_min=min(profile.batch.min, *batches),
+                          batch_max=max(profile.batch.max, *batches))
 
 
 def gpu_cannot_run(precision: str, gpu: Gpu) -> str | None:
@@ -64,6 +71,15 @@ def ensure_engine(onnx_path: Path, settings: BuildSettings, engine_path: Path | 
         progress(f"reusing {path}")
         return EngineResult(path, metadata)
     return build_engine(onnx_path, settings, path, gpu, progress)
+
+
+def engine_for_batches(loaded: LoadedModel, precision: str, profile: Profile, batches: Sequence[int],
+                       progress: Callable[[str], None] = lambda s: None) -> EngineResult:
+    """The engine of a precision whose batch range covers `batches`, from the profile's ONNX: made or reused."""
+    require_gpu_for(precision, current_gpu())
+    settings = covering_settings(profile, precision, batches)
+    onnx_path = precision_onnx(loaded, precision, profile, progress=progress)
+    return ensure_engine(onnx_path, settings, None, None, progress)
 
 
 def trt_variant(

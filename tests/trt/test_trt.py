@@ -16,7 +16,7 @@ from pe_export.precision.profiles import find_profile, load_profile
 from pe_export.runners.tensorrt import check_compatible
 from pe_export.runners.tensorrt_env import Gpu, import_tensorrt
 from pe_export.trt.build import BuildSettings, build_engine
-from pe_export.trt.engine import build_settings, ensure_engine, trt_variant
+from pe_export.trt.engine import build_settings, covering_settings, ensure_engine, trt_variant
 from pe_export.trt.timing_cache import cache_file
 from pe_export.validate import compare
 
@@ -252,6 +252,15 @@ def test_profile_settings_with_overrides():
     assert settings.workspace_gib == 8 and settings.opt_level == 5 and str(settings.timing_cache).endswith("datacenter.cache")
     with pytest.raises(UsageError, match="batch range needs min <= opt <= max, got 16:8:32"):
         build_settings(profile, "int8", batch_min=16)
+
+
+def test_covering_settings_keep_the_profile_where_it_covers():
+    profile = find_profile("pe-lang-l14-datacenter")  # batches 1:8:32
+    assert covering_settings(profile, "fp16", [1, 8]) == build_settings(profile, "fp16")
+    wider = covering_settings(profile, "fp16", [4, 64])
+    assert (wider.batch_min, wider.batch_opt, wider.batch_max) == (1, 8, 64)
+    jetson = covering_settings(find_profile("pe-lang-l14-jetson-orin"), "fp16", [2, 4])  # batch 1:1:1
+    assert (jetson.batch_min, jetson.batch_opt, jetson.batch_max) == (1, 1, 4)
 
 
 def test_whole_trt_command_with_the_double(use_tensorrt, fixtures, tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """The TensorRT runner against the Runtime/ICudaEngine/IExecutionContext doubles and host memory: binding
-by address, shape and profile checks, every refusal TensorRT reports, CUDA-graph replay."""
+by address, shape and profile checks, every refusal TensorRT reports, CUDA-graph replay, and the one
+engine that parity and latency share."""
 
 from __future__ import annotations
 
@@ -8,10 +9,15 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from pe_export.bench.bench import BenchSettings, run_bench
+from pe_export.bench.parity import run_parity
 from pe_export.errors import PeExportError, TensorRTUnavailable, UsageError
+from pe_export.model import ModelSource, load_model
+from pe_export.precision.profiles import load_profile
 from pe_export.runners.tensorrt import TrtRunner
 from pe_export.runners.tensorrt_env import Gpu
 from pe_export.trt.build import BuildSettings, build_engine
+from pe_export.trt.engine import engine_for_batches, trt_variant
 
 SPATIAL = "PE-Spatial-T16-512"
 H200 = Gpu("NVIDIA H200", (9, 0))
@@ -102,3 +108,35 @@ def test_engine_io_types_come_from_the_onnx(use_tensorrt, host_memory, engine_ou
         out = runner.run(batch)
         assert out.dtype == np.float32
         np.testing.assert_allclose(out, engine_output(batch.astype(np.float16), 4, 6), rtol=1e-3)
+
+
+def test_parity_and_latency_run_one_engine(use_tensorrt, gpu_machine, fixtures, tmp_path, monkeypatch):
+    """`pe-export trt --profile`, parity and `bench --backends tensorrt --profile` share one build."""
+    monkeypatch.chdir(tmp_path)
+    profile_file = tmp_path / "t16.yaml"
+    profile_file.write_text(f"name: t16\nvariant: {SPATIAL}\nbatch: {{min: 1, opt: 2, max: 4}}\n")
+    trt = use_tensorrt("11.0.0")
+    source = ModelSource(SPATIAL, fixtures.checkpoint(SPATIAL))
+    built = trt_variant(source, "fp32", profile=profile_file)
+    loaded = load_model(SPATIAL, fixtures.checkpoint(SPATIAL))
+    for_parity = engine_for_batches(loaded, "fp32", load_profile(profile_file), [1, 2]).path
+    assert for_parity == built.path
+    row = run_parity(loaded, [for_parity], synthetic=3).results[0]
+    assert row.backend == "tensorrt" and row.passed is False  # the double computes no PE: it fails honestly
+    settings = BenchSettings(backends=["tensorrt"], batches=[1, 2], warmup=0, iters=1, profile=str(profile_file))
+    report = run_bench(loaded, settings)
+    assert [(r.backend, r.batch) for r in report.results] == [("tensorrt", 1), ("tensorrt", 2)]
+    assert sum(c[0] == "build_serialized_network" for c in trt.calls) == 1
+    wider = BenchSettings(backends=["tensorrt"], batches=[1, 8], warmup=0, iters=1, profile=str(profile_file))
+    assert [r.batch for r in run_bench(loaded, wider).results] == [1, 8]  # one rebuild, covering batch 8
+    assert sum(c[0] == "build_serialized_network" for c in trt.calls) == 2
+    assert built.path.with_name(built.path.name + ".json").read_text().count('"batch_max": 8') == 1
+
+
+def test_parity_runs_an_engine_within_its_batch_range(use_tensorrt, gpu_machine, onnx_files, fixtures, tmp_path):
+    """A batch-1 engine (the Jetson profile's range) is scored one image at a time."""
+    use_tensorrt("11.0.0")
+    path = build_engine(onnx_files["fused"], BuildSettings(), tmp_path / "one.engine", H200).path
+    loaded = load_model(SPATIAL, fixtures.checkpoint(SPATIAL))
+    row = run_parity(loaded, [path], synthetic=3).results[0]
+    assert row.cosine_mean is not None and row.passed is False
