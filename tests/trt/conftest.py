@@ -4,7 +4,7 @@ host-memory double of the device memory TensorRT runs on.
 Only what pe-export touches is modelled, with the behaviour real TensorRT shows:
 - 11.x has no BuilderFlag.FP16/BF16/INT8/FP8 and no IBuilderConfig.int8_calibrator (touching them
   raises AttributeError); networks are always strongly typed and there is no EXPLICIT_BATCH; a 10.x
-  network created without STRONGLY_TYPED is refused here, since precision must come from the graph;
+  network is strongly typed only when created with STRONGLY_TYPED, which the plan records;
 - BuilderFlag.TF32 is set in a new builder config (TensorRT enables TF32 by default);
 - the ONNX parser loads the file with its external data (a missing `.data` fails the parse), types
   the network I/O as the ONNX declares them, and rejects Attention before 10.14 and RotaryEmbedding
@@ -254,12 +254,13 @@ def fake_tensorrt(version: str = "11.0.0", dla_cores: int = 0, sm: str = "9.0") 
         def build_serialized_network(self, network, config):
             trt.calls.append(("build_serialized_network",))
             dla = config.default_device_type == trt.DeviceType.DLA
-            if not network.strongly_typed or not config.profiles or (dla and config.DLA_core >= self.num_DLA_cores):
+            if not config.profiles or (dla and config.DLA_core >= self.num_DLA_cores):
                 return None
             if config.timing_cache:
                 config.timing_cache.entries += 1  # the tactics this build timed
             io = {"inputs": network.inputs, "outputs": network.outputs}
-            plan = {"version": version, "sm": sm, "flags": sorted(f.name for f in config.flags),
+            plan = {"version": version, "sm": sm, "strongly_typed": network.strongly_typed,
+                    "flags": sorted(f.name for f in config.flags),
                     "profile": {k: v for p in config.profiles for k, v in p.shapes.items()},
                     "workspace": config.pools.get(trt.MemoryPoolType.WORKSPACE),
                     "opt_level": config.builder_optimization_level,

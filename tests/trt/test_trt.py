@@ -50,7 +50,7 @@ def test_11x_build_maps_every_option(use_tensorrt, read_plan, onnx_files, tmp_pa
     assert ("create_network", 0) in trt.calls  # strongly typed is the only mode on 11.x
     assert ("parse_from_file", str(onnx_files["fused"])) in trt.calls  # from the file: external data is found
     plan = read_plan(result.path)
-    assert plan["flags"] == ["TF32", "VERSION_COMPATIBLE"]  # no precision flag: precision lives in the graph
+    assert plan["strongly_typed"] and plan["flags"] == ["TF32", "VERSION_COMPATIBLE"]  # precision lives in the graph
     assert plan["profile"] == {"pixel_values": [[1, 3, 512, 512], [4, 3, 512, 512], [16, 3, 512, 512]]}
     assert plan["workspace"] == 2 * 2**30 and plan["opt_level"] == 5 and plan["hardware_compat"] == "AMPERE_PLUS"
     meta = json.loads((tmp_path / "e.engine.json").read_text())
@@ -70,7 +70,8 @@ def test_10x_build_creates_a_strongly_typed_network(use_tensorrt, read_plan, onn
     result = build_engine(onnx_files["decomposed"], BuildSettings(precision="fp16"), tmp_path / "e.engine", gpu=H200)
     strongly = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     assert ("create_network", strongly) in trt.calls
-    assert read_plan(result.path)["flags"] == ["TF32"]  # BuilderFlag.FP16 exists on 10.x, and is still never set
+    plan = read_plan(result.path)
+    assert plan["strongly_typed"] and plan["flags"] == ["TF32"]  # BuilderFlag.FP16 exists on 10.x, and is never set
 
 
 @pytest.mark.parametrize("precision, tf32, flags", [("fp32", False, []), ("fp32", True, ["TF32"]), ("fp16", False, ["TF32"])])
