@@ -4,8 +4,10 @@ table and one latency table (torch eager on CUDA, torch.compile, TensorRT engine
     python benchmarks/gpu_report.py --variant L14 --checkpoint PE-Lang-L14-448.pt --batch 1,8,32
     python benchmarks/gpu_report.py --variant L14 --random-init --torch-only   # no TensorRT installed
 
-Engines are built (or reused) through `pe-export trt`'s library path, so the table shows exactly
-what users get. Writes JSON and Markdown next to each other under --out.
+Each precision's engine is built once, through `pe-export trt`'s library path, with the profile's
+batch range widened to cover --batch; the parity table and the latency table run that same engine.
+Writes JSON and Markdown next to each other under --out, and exits 1 when an engine misses its
+parity threshold.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ import torch
 from pe_export.bench.bench import BenchSettings, run_bench
 from pe_export.bench.parity import run_parity
 from pe_export.model import load_model
-from pe_export.precision.profiles import default_profile, find_profile
-from pe_export.precision.quantize import precision_onnx
+from pe_export.precision.profiles import resolve_profile
 from pe_export.precisions import PRECISIONS
 from pe_export.report import to_markdown
-from pe_export.trt.engine import build_settings, ensure_engine
+from pe_export.runners.tensorrt_env import current_gpu
+from pe_export.trt.engine import engine_for_batches, gpu_cannot_run
 
 
 def main() -> None:
@@ -43,23 +45,30 @@ def main() -> None:
     batches = [int(b) for b in args.batch.split(",")]
 
     backends = ["torch", "torch-compile"]
+    precisions, missed = ["fp32", "bf16"], []
     if not args.torch_only:
-        chosen = find_profile(args.profile) if args.profile else default_profile(loaded.variant.name)
-        engines = []
-        for precision in PRECISIONS:
-            onnx_path = precision_onnx(loaded, precision, chosen, progress=print)
-            settings = build_settings(chosen, precision, batch_min=1, batch_opt=max(batches), batch_max=max(batches))
-            engines.append(ensure_engine(onnx_path, settings, progress=print).path)
-        parity = run_parity(loaded, engines, synthetic=8)
+        chosen = resolve_profile(args.profile, loaded.variant)
+        gpu, precisions = current_gpu(), []
+        for precision in (p for p in PRECISIONS if p in chosen.precisions):
+            problem = gpu_cannot_run(precision, gpu)
+            if problem:
+                print(f"skipping {precision}: {problem}")
+            else:
+                precisions.append(precision)
+        engines = [engine_for_batches(loaded, p, chosen, batches, progress=print).path for p in precisions]
+        parity = run_parity(loaded, engines, synthetic=8, thresholds={p: chosen.threshold(p) for p in precisions})
         parity.write(args.out / "parity.json", args.out / "parity.md")
         print(to_markdown(parity))
+        missed = [row.artifact for row in parity.results if row.passed is False]
         backends.append("tensorrt")
 
-    settings = BenchSettings(backends=backends, precisions=["fp32", "bf16"] if args.torch_only else list(PRECISIONS),
-                             batches=batches, warmup=5, iters=args.iters, device="cuda")
+    settings = BenchSettings(backends=backends, precisions=precisions, batches=batches, warmup=5, iters=args.iters,
+                             device="cuda", profile=None if args.torch_only else args.profile)
     latency = run_bench(loaded, settings, progress=print)
     latency.write(args.out / "latency.json", args.out / "latency.md")
     print(to_markdown(latency))
+    if missed:
+        raise SystemExit(f"parity missed its threshold: {', '.join(missed)}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional, get_args
@@ -289,13 +289,15 @@ def onnx_export(
 @app.command()
 def check(
     model: Annotated[Path, typer.Argument(help="The .onnx file to lint.")],
-    target: Annotated[str, TARGET.option(help="The runtime to check against.")] = DEFAULT_TARGET,
+    target: Annotated[str, typer.Option(
+        metavar=f"[{'|'.join(TARGETS)}|trtMAJOR.MINOR]",
+        help="The runtime to check against: a target, or one TensorRT release such as trt10.8.")] = DEFAULT_TARGET,
 ) -> None:
     """Lint an ONNX file for a target runtime; exit 1 if anything in it cannot run there.
 
-    Flags: RotaryEmbedding before TensorRT 10.15, Attention before 10.14 or with more than one
-    output, an opset above the target's, com.microsoft and other non-standard ops, If/Loop,
-    complex types, and missing external data.
+    Follows the ONNX parser of each TensorRT release (highest opset, RotaryEmbedding from 10.15,
+    Attention from 10.14 and single-output only), and flags com.microsoft and other non-standard
+    ops, If/Loop, complex types and missing external data. Many nodes with one problem are one line.
     """
     from pe_export.onnx.check import check_onnx
 
@@ -303,8 +305,8 @@ def check(
     if report.ok:
         console.print(f"[green]ok[/] {report.summary()}")
         return
-    for finding in report.findings:
-        console.print(f"[red]x[/] {finding}", highlight=False, soft_wrap=True)
+    for line in report.lines():
+        console.print(f"[red]x[/] {line}", highlight=False, soft_wrap=True)
     console.print(f"[bold red]{len(report.findings)} problem(s)[/] for {report.target.runtime} in {model}")
     raise typer.Exit(1)
 
@@ -360,6 +362,7 @@ def trt(
     hardware_compat: Annotated[Optional[str], HARDWARE_COMPAT.option(help="'ampere+' for an engine that runs on any Ampere or newer GPU.")] = None,
     version_compatible: Annotated[bool, flag("--version-compatible", help="An engine later TensorRT versions can load.")] = False,
     dla_core: Annotated[Optional[int], typer.Option(help="Jetson: run on this DLA core with GPU fallback.", min=0)] = None,
+    tf32: Annotated[bool, flag("--tf32", help="--fp32: let TensorRT compute in TF32 (faster, misses the fp32 parity gate).")] = False,
     calib: Annotated[Optional[str], typer.Option(help="Calibration images for --int8/--fp8 (folder, glob or 'synthetic').")] = None,
 ) -> None:
     """Build a strongly typed TensorRT engine; its precision comes from the ONNX graph.
@@ -379,11 +382,13 @@ def trt(
             source, chosen[0] if chosen else "fp16", profile=profile, output=output, calib=calib,
             progress=progress, workspace_gib=workspace, opt_level=opt_level, timing_cache=timing_cache,
             hardware_compat=hardware_compat, version_compatible=version_compatible or None,
-            dla_core=dla_core, **(_profile_range(batch) if batch else {}),
+            dla_core=dla_core, tf32=tf32 or None, **(_profile_range(batch) if batch else {}),
         )
     m = result.metadata
     console.print(f"[green]wrote[/] {result.path} ({m['precision']}, {m['engine_bytes'] / 2**20:.1f} MiB, "
                   f"TensorRT {m['tensorrt']}, {m['gpu']['name']}, {m['build_seconds']} s)")
+    for note in result.notes:
+        console.print(f"[yellow]note[/] {note}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -461,6 +466,7 @@ def bench(
     seconds: Annotated[Optional[float], typer.Option(help="Time each row for this long instead of --iters.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch and onnxruntime.", min=1)] = None,
     cuda_graph: Annotated[bool, flag("--cuda-graph", help="TensorRT rows: capture one CUDA graph per batch size and time its replay.")] = False,
+    profile: Annotated[Optional[str], typer.Option(help="TensorRT rows: the profile whose engines are timed (its batch range widened to --batch).")] = None,
     device: Annotated[str, DEVICE.option(help="Where the torch backends run (GPU timing with CUDA events).")] = "cpu",
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON (schema pe-export/latency/1).")] = None,
     md_path: Annotated[Optional[Path], typer.Option("--md", help="Write the report as a Markdown table.")] = None,
@@ -483,6 +489,7 @@ def bench(
         settings = BenchSettings(
             backends=_csv(backends), precisions=_csv(precision), batches=_bench_sizes(batch),
             warmup=warmup, iters=iters, seconds=seconds, threads=threads, device=device, cuda_graph=cuda_graph,
+            profile=profile,
         )
     except (ValidationError, ValueError) as exc:
         raise UsageError(f"bad bench settings: {_first_error(exc)}") from None

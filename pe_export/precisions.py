@@ -21,6 +21,7 @@ class PrecisionSpec:
     runs_on_ort_cpu: bool  # onnxruntime's CPU provider has kernels for it
     calibration_method: Optional[str]  # forced calibration method, whatever the profile says
     torch_dtype: Optional[str]  # the torch dtype a torch runner computes in, where torch has one
+    min_sm: Optional[tuple[int, int]] = None  # the oldest GPU compute capability TensorRT computes it on
 
     @property
     def calibrated(self) -> bool:
@@ -33,10 +34,10 @@ PRECISIONS: dict[str, PrecisionSpec] = {
         PrecisionSpec("fp32", "reference", 17, 0.99999, True, None, "float32"),
         PrecisionSpec("fp16", "mixed", 17, 0.999, True, None, "float16"),
         # onnxruntime has no bf16 CPU kernels: a bf16 graph is made here but scored on a GPU
-        PrecisionSpec("bf16", "mixed", 17, 0.99, False, None, "bfloat16"),
+        PrecisionSpec("bf16", "mixed", 17, 0.99, False, None, "bfloat16", min_sm=(8, 0)),  # Ampere
         PrecisionSpec("int8", "qdq", 17, 0.99, True, None, None),
         # float8 QuantizeLinear exists from opset 19; TensorRT and ModelOpt take FP8 scales from the max
-        PrecisionSpec("fp8", "qdq", 19, 0.99, True, "max", None),
+        PrecisionSpec("fp8", "qdq", 19, 0.99, True, "max", None, min_sm=(8, 9)),  # Ada, Hopper
     )
 }
 

@@ -181,6 +181,15 @@ def run_in_chunks(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, ch
     return np.concatenate(outputs)
 
 
+def _chunk(manifest: dict) -> int:
+    """Images per run for an artifact: its static batch, or CHUNK brought inside an engine's batch range."""
+    static = manifest.get("options", {}).get("batch")
+    if isinstance(static, int):
+        return static
+    settings = manifest.get("settings", {})  # engines: the optimization profile's range
+    return min(max(CHUNK, settings.get("batch_min", 1)), settings.get("batch_max", CHUNK))
+
+
 def reference_outputs(module: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
     """The torch fp32 outputs that artifacts are scored against."""
     with torch.no_grad():
@@ -201,8 +210,7 @@ def artifact_parity(path: Path, reference: np.ndarray, inputs: ParityInputs, thr
                          cosine_min=None, max_abs=None, rel_l2=None, threshold=threshold, passed=None,
                          note=f"{precision.name} cannot run on onnxruntime CPU")
     with open_runner(path, threads=threads) as runner:
-        static = manifest.get("options", {}).get("batch")
-        candidate = run_in_chunks(runner.run, inputs.batch, static if isinstance(static, int) else CHUNK)
+        candidate = run_in_chunks(runner.run, inputs.batch, _chunk(manifest))
         backend = runner.backend
     if candidate.shape != reference.shape:
         raise UsageError(f"{path.name} gives {candidate.shape}, the torch reference {reference.shape}: is it for this variant?")

@@ -83,13 +83,18 @@ def test_check_lists_problems_and_exits_1(capsys, monkeypatch, tmp_path):
 
     monkeypatch.setenv("COLUMNS", "200")
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 8])
-    node = helper.make_node("RotaryEmbedding", ["x", "c", "s", "p"], ["y"], name="rope0")
-    graph = helper.make_graph([node], "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 8])])
+    nodes = [helper.make_node("RotaryEmbedding", ["x", "c", "s", "p"], [f"y{i}"], name=f"rope{i}") for i in range(5)]
+    outputs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [1, 2, 4, 8]) for i in range(5)]
     path = tmp_path / "r.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)]), str(path))
+    onnx.save(helper.make_model(helper.make_graph(nodes, "g", [x], outputs), opset_imports=[helper.make_opsetid("", 23)]), str(path))
     code, out, _ = run(capsys, "check", str(path), "--target", "jetson")
-    assert code == 1
-    assert "rope0: RotaryEmbedding needs TensorRT 10.15+" in out and "2 problem(s)" in out
+    assert code == 1 and "6 problem(s)" in out
+    assert "x rope0, rope1 and 3 more: RotaryEmbedding needs TensorRT 10.15+; TensorRT 10.3 on Jetson" in out
+    assert len(out.strip().splitlines()) == 3  # the opset line, one line for the five nodes, the count
+    code, out, _ = run(capsys, "check", str(path), "--target", "trt10.15")
+    assert code == 0 and out.startswith("ok r.onnx")
+    code, _, err = run(capsys, "check", str(path), "--target", "trt9")
+    assert code == 2 and "unknown target 'trt9'" in err
 
 
 @pytest.mark.parametrize(

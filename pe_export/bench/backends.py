@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pe_export.model import LoadedModel
 from pe_export.model.head import OutputHead
-from pe_export.precision.profiles import Profile, default_profile
+from pe_export.precision.profiles import Profile, resolve_profile
 from pe_export.precision.quantize import precision_onnx
 from pe_export.runners import BACKENDS, Runner, open_runner
+
+if TYPE_CHECKING:
+    from pe_export.bench.bench import BenchSettings
 
 RunnerOpener = Callable[[str, str], Runner]
 
@@ -20,27 +24,27 @@ def onnx_artifact(loaded: LoadedModel, precision: str, progress: Callable[[str],
     return precision_onnx(loaded, precision, profile, progress=progress)
 
 
-def engine_artifact(loaded: LoadedModel, precision: str, progress: Callable[[str], None]) -> Path:
-    """The TensorRT engine of a precision (default profile, batches up to 32), built or reused."""
-    from pe_export.runners.tensorrt_env import current_gpu, import_tensorrt
-    from pe_export.trt.engine import build_settings, ensure_engine
+def engine_artifact(loaded: LoadedModel, precision: str, settings: BenchSettings,
+                    progress: Callable[[str], None]) -> Path:
+    """The TensorRT engine of a precision from the bench's profile (the variant's default without one),
+    its batch range widened to the benchmarked batches: the engine `pe-export trt --profile` and
+    `pe-export parity` use for that profile, built once and reused."""
+    from pe_export.trt.engine import engine_for_batches
 
-    trt, gpu = import_tensorrt(), current_gpu()
-    profile = default_profile(loaded.variant.name)
-    settings = build_settings(profile, precision, batch_max=32, batch_opt=8)
-    onnx_path = precision_onnx(loaded, precision, profile, progress=progress)
-    return ensure_engine(onnx_path, settings, None, trt, gpu, progress).path
+    profile = resolve_profile(settings.profile, loaded.variant)
+    return engine_for_batches(loaded, precision, profile, settings.batches, progress).path
 
 
-def runner_opener(loaded: LoadedModel, threads: int | None, device: str, cuda_graph: bool = False,
+def runner_opener(loaded: LoadedModel, settings: BenchSettings,
                   progress: Callable[[str], None] = lambda step: None) -> RunnerOpener:
     def open_pair(backend: str, precision: str) -> Runner:
         runtime = BACKENDS[backend].runtime
         if runtime == "torch":
             head = OutputHead(loaded.model, loaded.variant.default_output)
-            return open_runner(head, backend=backend, precision=precision, device=device)
+            return open_runner(head, backend=backend, precision=precision, device=settings.device)
         if runtime == "onnxruntime":
-            return open_runner(onnx_artifact(loaded, precision, progress), backend=backend, threads=threads)
-        return open_runner(engine_artifact(loaded, precision, progress), backend=backend, cuda_graph=cuda_graph)
+            return open_runner(onnx_artifact(loaded, precision, progress), backend=backend, threads=settings.threads)
+        return open_runner(engine_artifact(loaded, precision, settings, progress), backend=backend,
+                           cuda_graph=settings.cuda_graph)
 
     return open_pair

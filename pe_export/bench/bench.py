@@ -16,6 +16,7 @@ from pe_export.errors import Unavailable
 from pe_export.memory import peak_rss_mb, reset_peak_rss
 from pe_export.model import LoadedModel
 from pe_export.precision.convert import require_tools
+from pe_export.precision.profiles import find_profile
 from pe_export.precisions import PRECISIONS
 from pe_export.report import CompareMode, LatencyRow, Report, make_report
 from pe_export.runners import BACKENDS, Runner
@@ -36,6 +37,7 @@ class BenchSettings(BaseModel):
     threads: Optional[int] = Field(None, ge=1)
     device: Device = "cpu"
     cuda_graph: bool = False  # TensorRT rows replay a captured CUDA graph
+    profile: Optional[str] = None  # TensorRT rows: the profile (name or YAML) whose engines are timed
 
     @field_validator("backends", "precisions")
     @classmethod
@@ -48,9 +50,10 @@ class BenchSettings(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _graphs_need_tensorrt(self) -> "BenchSettings":
-        if self.cuda_graph and "tensorrt" not in self.backends:
-            raise ValueError("--cuda-graph applies to the tensorrt backend only")
+    def _tensorrt_options_need_tensorrt(self) -> "BenchSettings":
+        used = [name for name, on in (("--cuda-graph", self.cuda_graph), ("--profile", self.profile)) if on]
+        if used and "tensorrt" not in self.backends:
+            raise ValueError(f"{' and '.join(used)} applies to the tensorrt backend only")
         return self
 
     @field_validator("batches")
@@ -153,9 +156,12 @@ def regressions(report: Report, baseline: Report, max_regression_pct: float,
 
 
 def check_request(settings: BenchSettings) -> None:
-    """Refuse, before any work, a run this machine cannot do: no GPU, or a converter not installed."""
+    """Refuse, before any work, a run this machine cannot do (no GPU, a converter not installed) or a profile
+    that cannot be read."""
     if settings.device == "cuda" and not torch.cuda.is_available():
         raise Unavailable("--device cuda needs a CUDA GPU and a CUDA build of torch; none is available here")
+    if settings.profile:
+        find_profile(settings.profile)
     for backend in settings.backends:
         for precision in settings.precisions:
             if BACKENDS[backend].runtime != "torch" and BACKENDS[backend].runs(precision):
@@ -173,7 +179,7 @@ def run_bench(
     check_request(settings)
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    opener = runner_opener(loaded, settings.threads, settings.device, settings.cuda_graph, progress)
+    opener = runner_opener(loaded, settings, progress)
     rows: list[LatencyRow] = []
     device = cuda_name() if settings.device == "cuda" else None
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import onnx
 
-from pe_export.onnx.targets import Target, get_target
+from pe_export.onnx.targets import Target, first_release, get_target
 from pe_export.validate import missing_external_data, read_onnx
 
 CONTROL_FLOW = {"If", "Loop", "Scan"}
@@ -37,6 +37,20 @@ class CheckReport:
     def ok(self) -> bool:
         return not self.findings
 
+    def lines(self, first: int = 2, most: int = 3) -> list[str]:
+        """One line per finding, except that a problem shared by more than `most` places is one line
+        naming the first few and counting the rest."""
+        by_problem: dict[str, list[str]] = collections.defaultdict(list)
+        for finding in self.findings:
+            by_problem[finding.problem].append(finding.where)
+        lines = []
+        for problem, places in by_problem.items():
+            if len(places) <= most:
+                lines += [f"{where}: {problem}" for where in places]
+            else:
+                lines.append(f"{', '.join(places[:first])} and {len(places) - first} more: {problem}")
+        return lines
+
     def summary(self) -> str:
         top = ", ".join(f"{op} {n}" for op, n in list(self.op_histogram.items())[:6])
         return f"{self.path.name}: opset {self.opset}, {self.nodes} nodes ({top}); runs on {self.target.runtime}"
@@ -48,8 +62,8 @@ def check_onnx(path: Path, target: str | Target) -> CheckReport:
     model = read_onnx(path)
     opset = next((imp.version for imp in model.opset_import if imp.domain in ("", "ai.onnx")), 0)
     findings = []
-    if opset > target.max_opset:
-        findings.append(Finding("model", f"opset {opset} is above {target.runtime}'s highest ({target.max_opset})"))
+    if opset > target.support.max_opset:
+        findings.append(Finding("model", f"opset {opset} is above {target.runtime}'s highest ({target.support.max_opset})"))
     for node in _all_nodes(model.graph):
         findings.extend(_node_findings(node, target))
     findings.extend(_complex_tensors(model.graph))
@@ -72,16 +86,16 @@ def _node_findings(node: onnx.NodeProto, target: Target) -> list[Finding]:
         return [Finding(where, f"{node.domain}::{node.op_type} is outside the standard ONNX domain")]
     if node.op_type in CONTROL_FLOW:
         return [Finding(where, f"{node.op_type} (control flow) has no place in a fixed-size encoder graph")]
-    if node.op_type == "RotaryEmbedding" and not target.runs_rotary:
-        return [Finding(where, f"RotaryEmbedding needs TensorRT 10.15+; {target.runtime} cannot run it "
-                               "(export with --rope decomposed)")]
+    if node.op_type == "RotaryEmbedding" and not target.support.rotary:
+        return [Finding(where, f"RotaryEmbedding needs TensorRT {first_release('rotary')}+; {target.runtime} cannot "
+                               "run it (export with --rope decomposed)")]
     if node.op_type == "Attention":
-        if not target.runs_attention:
-            return [Finding(where, f"Attention needs TensorRT 10.14+; {target.runtime} cannot run it "
-                                   "(export with --attention decomposed)")]
-        if target.single_output_attention and len([o for o in node.output if o]) > 1:
-            return [Finding(where, f"Attention with {len(node.output)} outputs; {target.runtime} fuses only "
-                                   "the single-output form")]
+        if not target.support.attention:
+            return [Finding(where, f"Attention needs TensorRT {first_release('attention')}+; {target.runtime} cannot "
+                                   "run it (export with --attention decomposed)")]
+        if target.support.single_output_attention and len([o for o in node.output if o]) > 1:
+            return [Finding(where, f"Attention with {len(node.output)} outputs; {target.runtime} takes only the "
+                                   "single-output form (no present_key/present_value/qk_matmul_output)")]
     return []
 
 
@@ -93,11 +107,4 @@ def _complex_tensors(graph: onnx.GraphProto) -> list[Finding]:
 
 
 def _missing_external_data(model: onnx.ModelProto, path: Path) -> list[Finding]:
-    return _collapse([Finding(tensor, problem) for tensor, problem in missing_external_data(model, path)])
-
-
-def _collapse(findings: list[Finding], first: int = 3) -> list[Finding]:
-    """Many tensors of one missing file say the same thing: keep a few and count the rest."""
-    if len(findings) <= first:
-        return findings
-    return [*findings[:first], Finding("model", f"and {len(findings) - first} more tensors without their data")]
+    return [Finding(tensor, problem) for tensor, problem in missing_external_data(model, path)]

@@ -97,6 +97,7 @@ class TensorRTSection(Strict):
     hardware_compat: HardwareCompat = "none"
     version_compatible: bool = False
     dla_core: Optional[int] = Field(None, ge=0)
+    tf32: bool = Field(False, description="let fp32 engines compute in TF32 (TensorRT's default; off for fp32 parity)")
 
 
 class Profile(Strict):

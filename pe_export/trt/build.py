@@ -11,16 +11,19 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from pydantic import Field, model_validator
 
 from pe_export import artifacts
-from pe_export.errors import PeExportError, UsageError
+from pe_export.errors import PeExportError, TensorRTUnavailable, UsageError
 from pe_export.precision.profiles import TensorRTSection, check_batch_range
 from pe_export.precisions import PrecisionName
-from pe_export.runners.tensorrt_env import Gpu, current_gpu, import_tensorrt, trt_major
+from pe_export.runners.tensorrt_env import Gpu, current_gpu, dims, import_tensorrt, release
+from pe_export.trt.timing_cache import attach_timing_cache, cache_file, save_timing_cache
+
+if TYPE_CHECKING:
+    import tensorrt as trt
 
 
 class BuildSettings(TensorRTSection):
@@ -46,37 +49,63 @@ class BuildSettings(TensorRTSection):
 class EngineResult:
     path: Path
     metadata: dict
+    notes: tuple[str, ...] = ()  # what went wrong beside the engine (its timing cache), for the user to read
 
 
 def metadata_path(engine: Path) -> Path:
     return artifacts.manifest_path(engine)
 
 
+def check_dla(core: int | None) -> None:
+    """`require_dla` before any work starts; it takes a builder, so only when a core is asked for."""
+    if core is not None:
+        trt = import_tensorrt()
+        require_dla(trt.Builder(trt.Logger(trt.Logger.WARNING)), core)
+
+
+def require_dla(builder: trt.Builder, core: int | None) -> None:
+    """Refuse a DLA core the device lacks: discrete GPUs have no DLA, and TensorRT 10.8 to 11.4.0
+    support none (10.7 was the last 10.x with DLA; 11.4.1 brings it back on Jetson Orin, JetPack 7.2.2+)."""
+    if core is None:
+        return
+    cores = builder.num_DLA_cores
+    if cores == 0:
+        raise TensorRTUnavailable(
+            f"--dla-core {core}: this device has no DLA under TensorRT {import_tensorrt().__version__} (DLA exists on "
+            "Jetson Orin with TensorRT 10.7 or older, or 11.4.1+ on JetPack 7.2.2+); build without --dla-core"
+        )
+    if core >= cores:
+        raise UsageError(f"--dla-core {core}: this device has {cores} DLA core(s), numbered 0 to {cores - 1}")
+
+
 def build_engine(
     onnx_path: Path,
     settings: BuildSettings,
     engine_path: Path,
-    trt: ModuleType | None = None,
     gpu: Gpu | None = None,
     progress: Callable[[str], None] = lambda step: None,
 ) -> EngineResult:
     """Parse `onnx_path` from its file (so external data is found), build, and write the engine
-    with its metadata JSON atomically. The timing cache is loaded and saved when one is named."""
-    trt = trt or import_tensorrt()
+    with its metadata JSON atomically. The timing cache, when one is named, is loaded before the
+    build and saved after the engine is published, so that no cache problem can cost the engine."""
+    trt = import_tensorrt()
     gpu = gpu or current_gpu()
     artifacts.prepare_destination(engine_path)
     start = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(_network_flags(trt))
+    require_dla(builder, settings.dla_core)
+    network = builder.create_network(_network_flags())
     parser = trt.OnnxParser(network, logger)
     progress(f"parsing {onnx_path.name}")
     if not parser.parse_from_file(str(onnx_path)):
         raise PeExportError(f"TensorRT could not parse {onnx_path.name}: " + "; ".join(_parser_errors(parser)))
     config = builder.create_builder_config()
-    _configure(trt, builder, network, config, settings)
+    _configure(builder, network, config, settings)
+    cache = cache_file(settings.timing_cache, str(trt.__version__), gpu) if settings.timing_cache else None
+    notes = attach_timing_cache(config, cache) if cache else []
     progress(f"building the {settings.precision} engine (TensorRT {trt.__version__}, {gpu.name})")
-    serialized = builder.build_serialized_network(network, config)
+    serialized: trt.IHostMemory | None = builder.build_serialized_network(network, config)
     if serialized is None:
         raise PeExportError("TensorRT could not build the engine (see its log above); nothing was written")
     engine_bytes = bytes(serialized)
@@ -86,6 +115,7 @@ def build_engine(
         "gpu": {"name": gpu.name, "compute_capability": gpu.sm},
         "precision": settings.precision,
         "settings": settings.recorded(),
+        "timing_cache": str(cache) if cache else None,
         "onnx": {"path": str(onnx_path), "sha256": artifacts.file_sha256(onnx_path)},
         "build_seconds": round(time.perf_counter() - start, 1),
         "engine_bytes": len(engine_bytes),
@@ -98,19 +128,20 @@ def build_engine(
         metadata["files"] = artifacts.file_digests([staged])
         manifest = scratch / metadata_path(engine_path).name
         artifacts.write_json(manifest, {**metadata, "options": _source_options(onnx_path)})
-        if settings.timing_cache:
-            _save_timing_cache(config, settings.timing_cache)
         artifacts.publish([staged, manifest], engine_path)
-    return EngineResult(engine_path, json.loads(metadata_path(engine_path).read_text()))
+    if cache:
+        notes += save_timing_cache(config, cache)
+    return EngineResult(engine_path, json.loads(metadata_path(engine_path).read_text()), tuple(notes))
 
 
-def _network_flags(trt: ModuleType) -> int:
-    if trt_major(trt) >= 11:
+def _network_flags() -> int:
+    trt = import_tensorrt()
+    if release(trt.__version__)[0] >= 11:
         return 0  # strongly typed is the only mode; the old flag is deprecated and ignored
     return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
 
-def _parser_errors(parser, first: int = 5) -> list[str]:
+def _parser_errors(parser: trt.OnnxParser, first: int = 5) -> list[str]:
     errors = []
     for i in range(parser.num_errors):
         error = parser.get_error(i)
@@ -120,12 +151,14 @@ def _parser_errors(parser, first: int = 5) -> list[str]:
     return shown + ([f"and {len(errors) - first} more"] if len(errors) > first else [])
 
 
-def _configure(trt: ModuleType, builder, network, config, settings: BuildSettings) -> None:
+def _configure(builder: trt.Builder, network: trt.INetworkDefinition, config: trt.IBuilderConfig,
+               settings: BuildSettings) -> None:
+    trt = import_tensorrt()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(settings.workspace_gib * 2**30))
     config.builder_optimization_level = settings.opt_level
-    if settings.timing_cache:
-        cached = settings.timing_cache.read_bytes() if settings.timing_cache.is_file() else b""
-        config.set_timing_cache(config.create_timing_cache(cached), False)
+    if settings.precision == "fp32" and not settings.tf32:
+        # TensorRT enables TF32 by default: fp32 layers on Ampere and later would round to 10-bit mantissas
+        config.clear_flag(trt.BuilderFlag.TF32)
     if settings.hardware_compat == "ampere+":
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     if settings.version_compatible:
@@ -137,24 +170,17 @@ def _configure(trt: ModuleType, builder, network, config, settings: BuildSetting
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
-        shape = tuple(tensor.shape)
+        shape = dims(tensor.shape)
         dynamic = shape[0] == -1
         if not dynamic and not settings.batch_min == settings.batch_max == shape[0]:
             raise UsageError(f"this ONNX has a static batch of {shape[0]}; use --batch {shape[0]}:{shape[0]}:{shape[0]}")
-        rest = shape[1:]
-        profile.set_shape(tensor.name, (settings.batch_min, *rest), (settings.batch_opt, *rest), (settings.batch_max, *rest))
+        low, opt, high = (trt.Dims([batch, *shape[1:]]) for batch in (settings.batch_min, settings.batch_opt, settings.batch_max))
+        profile.set_shape(tensor.name, low, opt, high)
     config.add_optimization_profile(profile)
 
 
-def _save_timing_cache(config, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staged = path.with_name(f".{path.name}.partial")
-    staged.write_bytes(bytes(config.get_timing_cache().serialize()))
-    staged.replace(path)
-
-
-def _io(tensor) -> dict:
-    return {"name": tensor.name, "shape": [int(d) for d in tensor.shape], "dtype": str(tensor.dtype).rsplit(".", 1)[-1]}
+def _io(tensor: trt.ITensor) -> dict:
+    return {"name": tensor.name, "shape": list(dims(tensor.shape)), "dtype": tensor.dtype.name}
 
 
 def _source_options(onnx_path: Path) -> dict:

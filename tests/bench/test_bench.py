@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -156,8 +155,10 @@ def test_cuda_graph_reaches_the_tensorrt_runner(spatial, monkeypatch, tmp_path):
     monkeypatch.setattr("pe_export.bench.backends.open_runner",
                         lambda source, **options: opened.update(source=source, **options) or _FakeRunner())
     settings = BenchSettings(backends=["tensorrt"], batches=[1], warmup=0, iters=1, cuda_graph=True)
-    rows = list(bench_rows(spatial, settings, runner_opener(spatial, None, "cpu", cuda_graph=True)))
+    rows = list(bench_rows(spatial, settings, runner_opener(spatial, settings)))
     assert opened == {"source": tmp_path / "m.engine", "backend": "tensorrt", "cuda_graph": True}
     assert [(r.backend, r.iters) for r in rows] == [("tensorrt", 1)]
-    with pytest.raises(ValueError, match="applies to the tensorrt backend only"):
+    with pytest.raises(ValueError, match="--cuda-graph applies to the tensorrt backend only"):
         BenchSettings(cuda_graph=True)
+    with pytest.raises(ValueError, match="--profile applies to the tensorrt backend only"):
+        BenchSettings(profile="pe-lang-l14-datacenter")

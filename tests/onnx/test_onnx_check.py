@@ -47,7 +47,8 @@ def test_attention_needs_trt_10_14_and_one_output(tmp_path):
     one = helper.make_node("Attention", ["x", "x", "x"], ["y"], name="att1")
     many = helper.make_node("Attention", ["x", "x", "x"], ["y2", "pk", "pv"], name="att3")
     path = _save(tmp_path, [one, many], outputs=(Y, helper.make_tensor_value_info("y2", TensorProto.FLOAT, None)))
-    assert _problems(path, "trt11") == ["att3: Attention with 3 outputs; TensorRT 11.x fuses only the single-output form"]
+    assert _problems(path, "trt11") == ["att3: Attention with 3 outputs; TensorRT 11.x takes only the single-output "
+                                        "form (no present_key/present_value/qk_matmul_output)"]
     assert check_onnx(path, "ort").ok
     assert len([p for p in _problems(path, "jetson") if "Attention needs TensorRT 10.14+" in p]) == 2
 
@@ -77,9 +78,9 @@ def test_missing_and_short_external_data(tmp_path):
     data.write_bytes(data.read_bytes()[:100])
     assert "shorter than its tensors need" in _problems(path, "jetson")[0]
     data.unlink()
-    problems = _problems(path, "jetson")
-    assert problems[0] == "w0: external data file ext.onnx.data is missing"
-    assert problems[-1] == "model: and 2 more tensors without their data"
+    report = check_onnx(path, "jetson")
+    assert len(report.findings) == 5
+    assert report.lines() == ["w0, w1 and 3 more: external data file ext.onnx.data is missing"]
 
 
 def test_unreadable_inputs(tmp_path):
@@ -91,3 +92,37 @@ def test_unreadable_inputs(tmp_path):
         check_onnx(bad, "trt11")
     with pytest.raises(UsageError, match="unknown target"):
         check_onnx(bad, "tensorrt")
+
+
+@pytest.mark.parametrize("target, problems", [
+    ("trt10.3", ["model: opset 23 is above TensorRT 10.3's highest (20)",
+                 "rope0: RotaryEmbedding needs TensorRT 10.15+; TensorRT 10.3 cannot run it (export with --rope decomposed)",
+                 "att: Attention needs TensorRT 10.14+; TensorRT 10.3 cannot run it (export with --attention decomposed)"]),
+    ("trt10.14", ["rope0: RotaryEmbedding needs TensorRT 10.15+; TensorRT 10.14 cannot run it (export with --rope decomposed)"]),
+    ("trt10.15", []),
+    ("trt11.2", []),
+])
+def test_check_follows_each_tensorrt_release(tmp_path, target, problems):
+    rope = helper.make_node("RotaryEmbedding", ["x", "c", "s", "p"], ["r"], name="rope0", interleaved=1)
+    att = helper.make_node("Attention", ["r", "r", "r"], ["y"], name="att")
+    assert _problems(_save(tmp_path, [rope, att]), target) == problems
+
+
+def test_opset_limits_per_release(tmp_path):
+    path = _save(tmp_path, [helper.make_node("Relu", ["x"], ["y"], name="relu")], opset=25)
+    assert _problems(path, "trt11") == ["model: opset 25 is above TensorRT 11.x's highest (24)"]  # 25 came with 11.5
+    assert _problems(path, "trt11.4") == ["model: opset 25 is above TensorRT 11.4's highest (24)"]
+    assert check_onnx(path, "trt11.5").ok
+    with pytest.raises(UsageError, match="TensorRT 9.2 is older than any release pe-export knows"):
+        check_onnx(path, "trt9.2")
+
+
+def test_many_nodes_with_one_problem_are_one_line(tmp_path):
+    nodes = [helper.make_node("RotaryEmbedding", ["x", "c", "s", "p"], [f"r{i}"], name=f"block{i}/rotary") for i in range(6)]
+    report = check_onnx(_save(tmp_path, [*nodes, helper.make_node("Relu", ["r5"], ["y"], name="relu")]), "trt10")
+    assert len(report.findings) == 7
+    assert report.lines() == [
+        "model: opset 23 is above TensorRT 10.0-10.13's highest (20)",
+        "block0/rotary, block1/rotary and 4 more: RotaryEmbedding needs TensorRT 10.15+; TensorRT 10.0-10.13 cannot "
+        "run it (export with --rope decomposed)",
+    ]

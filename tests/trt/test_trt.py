@@ -1,38 +1,35 @@
-"""TensorRT stage up to the TensorRT call, against API-faithful doubles of 10.x and 11.x; real builds
-where TensorRT and a GPU exist (marked `trt`)."""
+"""TensorRT engine builds against API-faithful doubles of 10.x and 11.x (tests/trt/conftest.py), with the
+failures real TensorRT reports; real builds where TensorRT and a GPU exist (marked `trt`)."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 
+import onnx
 import pytest
 
-from pe_export.errors import PeExportError, UsageError
-from pe_export.model import ModelSource, load_model
-from pe_export.onnx.export import ExportOptions, export_onnx
-from pe_export.precision.profiles import find_profile
+from pe_export.errors import PeExportError, TensorRTUnavailable, UsageError
+from pe_export.model import ModelSource
+from pe_export.precision.profiles import find_profile, load_profile
 from pe_export.runners.tensorrt import check_compatible
+from pe_export.runners.tensorrt_env import Gpu, import_tensorrt
 from pe_export.trt.build import BuildSettings, build_engine
-from pe_export.trt.engine import build_settings, ensure_engine, trt_variant
+from pe_export.trt.engine import build_settings, covering_settings, ensure_engine, trt_variant
+from pe_export.trt.timing_cache import cache_file
 from pe_export.validate import compare
-from pe_export.errors import TensorRTUnavailable
-from pe_export.runners.tensorrt_env import Gpu
 
 SPATIAL = "PE-Spatial-T16-512"
 H200 = Gpu("NVIDIA H200", (9, 0))
+A100 = Gpu("NVIDIA A100-SXM4-80GB", (8, 0))
 
 
-@pytest.fixture(scope="module")
-def onnx_files(fixtures, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("trt")
-    loaded = load_model(SPATIAL, fixtures.checkpoint(SPATIAL))
-    return {
-        "fused": export_onnx(loaded, ExportOptions(target="trt11"), folder / "fused.onnx").path,
-        "decomposed": export_onnx(loaded, ExportOptions(target="trt10"), folder / "decomposed.onnx").path,
-        "static": export_onnx(loaded, ExportOptions(target="trt10", batch=2), folder / "static.onnx").path,
-    }
+def _builds(trt) -> int:
+    return sum(c[0] == "build_serialized_network" for c in trt.calls)
 
+
+# ---- building --------------------------------------------------------------------------------
 
 def test_the_11x_double_has_no_precision_flags(make_fake_tensorrt):
     trt = make_fake_tensorrt("11.0.0")
@@ -44,74 +41,210 @@ def test_the_11x_double_has_no_precision_flags(make_fake_tensorrt):
     assert not hasattr(trt.Builder(trt.Logger()).create_builder_config(), "int8_calibrator")
 
 
-def test_11x_build_maps_every_option(make_fake_tensorrt, read_plan, onnx_files, tmp_path):
-    trt = make_fake_tensorrt("11.0.0")
-    cache = tmp_path / "cache" / "tc.bin"
-    cache.parent.mkdir()
-    cache.write_bytes(b"old")
+def test_11x_build_maps_every_option(use_tensorrt, read_plan, onnx_files, tmp_path):
+    trt = use_tensorrt("11.0.0")
+    base = tmp_path / "cache" / "tc.cache"
     settings = BuildSettings(precision="int8", batch_min=1, batch_opt=4, batch_max=16, workspace_gib=2, opt_level=5,
-                             timing_cache=cache, hardware_compat="ampere+", version_compatible=True)
-    result = build_engine(onnx_files["fused"], settings, tmp_path / "e.engine", trt=trt, gpu=H200)
+                             timing_cache=base, hardware_compat="ampere+", version_compatible=True)
+    result = build_engine(onnx_files["fused"], settings, tmp_path / "e.engine", gpu=H200)
     assert ("create_network", 0) in trt.calls  # strongly typed is the only mode on 11.x
     assert ("parse_from_file", str(onnx_files["fused"])) in trt.calls  # from the file: external data is found
     plan = read_plan(result.path)
-    assert plan["flags"] == ["VERSION_COMPATIBLE"]  # no precision flag: precision lives in the graph
+    assert plan["strongly_typed"] and plan["flags"] == ["TF32", "VERSION_COMPATIBLE"]  # precision lives in the graph
     assert plan["profile"] == {"pixel_values": [[1, 3, 512, 512], [4, 3, 512, 512], [16, 3, 512, 512]]}
     assert plan["workspace"] == 2 * 2**30 and plan["opt_level"] == 5 and plan["hardware_compat"] == "AMPERE_PLUS"
-    assert cache.read_bytes() == b"old|tactics"  # loaded, then saved back
     meta = json.loads((tmp_path / "e.engine.json").read_text())
     assert meta["tensorrt"] == "11.0.0" and meta["gpu"] == {"name": "NVIDIA H200", "compute_capability": "9.0"}
     assert meta["precision"] == "int8" and meta["engine_bytes"] == result.path.stat().st_size
     assert meta["inputs"] == [{"name": "pixel_values", "shape": [-1, 3, 512, 512], "dtype": "FLOAT"}]
     assert meta["outputs"][0]["shape"] == [-1, 1025, 192]
-    import hashlib
-
     assert meta["onnx"]["sha256"] == hashlib.sha256(onnx_files["fused"].read_bytes()).hexdigest()
-    assert meta["settings"]["timing_cache"] == str(cache) and meta["build_seconds"] >= 0
+    assert meta["settings"]["timing_cache"] == str(base) and meta["build_seconds"] >= 0
+    keyed = tmp_path / "cache" / "tc.trt11.0.0.nvidia-h200-sm90.cache"
+    assert meta["timing_cache"] == str(keyed) and not base.exists()
+    assert json.loads(keyed.read_bytes()) == {"tensorrt": "11.0.0", "gpu": "9.0", "entries": 1} and result.notes == ()
 
 
-def test_10x_build_creates_a_strongly_typed_network(make_fake_tensorrt, read_plan, onnx_files, tmp_path):
-    trt = make_fake_tensorrt("10.8.0")
-    result = build_engine(onnx_files["decomposed"], BuildSettings(precision="fp16"), tmp_path / "e.engine", trt=trt, gpu=H200)
+def test_10x_build_creates_a_strongly_typed_network(use_tensorrt, read_plan, onnx_files, tmp_path):
+    trt = use_tensorrt("10.8.0")
+    result = build_engine(onnx_files["decomposed"], BuildSettings(precision="fp16"), tmp_path / "e.engine", gpu=H200)
     strongly = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     assert ("create_network", strongly) in trt.calls
-    assert read_plan(result.path)["flags"] == []  # BuilderFlag.FP16 exists on 10.x, and is still never set
-
-
-def test_dla_with_gpu_fallback(make_fake_tensorrt, read_plan, onnx_files, tmp_path):
-    trt = make_fake_tensorrt("10.8.0")
-    result = build_engine(onnx_files["decomposed"], BuildSettings(dla_core=1), tmp_path / "e.engine", trt=trt, gpu=H200)
     plan = read_plan(result.path)
-    assert plan["device"] == "DLA" and plan["dla_core"] == 1 and plan["flags"] == ["GPU_FALLBACK"]
+    assert plan["strongly_typed"] and plan["flags"] == ["TF32"]  # BuilderFlag.FP16 exists on 10.x, and is never set
 
 
-def test_parser_errors_name_the_nodes(make_fake_tensorrt, onnx_files, tmp_path):
-    trt = make_fake_tensorrt("10.8.0")  # no Attention (10.14) nor RotaryEmbedding (10.15) yet
-    with pytest.raises(PeExportError, match=r"could not parse fused.onnx: transformer.resblocks.0.attn/rotary.* \(RotaryEmbedding\): No importer.*and \d+ more"):
-        build_engine(onnx_files["fused"], BuildSettings(), tmp_path / "e.engine", trt=trt, gpu=H200)
+@pytest.mark.parametrize("precision, tf32, flags", [("fp32", False, []), ("fp32", True, ["TF32"]), ("fp16", False, ["TF32"])])
+def test_fp32_engines_compute_without_tf32_unless_asked(use_tensorrt, read_plan, onnx_files, tmp_path, precision, tf32, flags):
+    use_tensorrt("11.0.0")
+    result = build_engine(onnx_files["fused"], BuildSettings(precision=precision, tf32=tf32), tmp_path / "e.engine", gpu=H200)
+    assert read_plan(result.path)["flags"] == flags
+
+
+def test_dla_with_gpu_fallback_where_there_is_one(use_tensorrt, read_plan, onnx_files, tmp_path):
+    use_tensorrt("10.3.0", dla_cores=2)  # Jetson Orin, JetPack 6
+    result = build_engine(onnx_files["decomposed"], BuildSettings(dla_core=1), tmp_path / "e.engine", gpu=H200)
+    plan = read_plan(result.path)
+    assert plan["device"] == "DLA" and plan["dla_core"] == 1 and plan["flags"] == ["GPU_FALLBACK", "TF32"]
+    use_tensorrt("11.4.1", dla_cores=2)  # DLA is back on Orin with JetPack 7.2.2+
+    assert build_engine(onnx_files["decomposed"], BuildSettings(dla_core=0), tmp_path / "e.engine", gpu=H200)
+
+
+@pytest.mark.parametrize("version, cores, error, message", [
+    ("11.0.0", 0, TensorRTUnavailable, "--dla-core 0: this device has no DLA under TensorRT 11.0.0"),  # discrete GPU
+    ("10.8.0", 2, TensorRTUnavailable, "no DLA under TensorRT 10.8.0"),  # Orin, but 10.7 was the last 10.x with DLA
+    ("11.4.0", 2, TensorRTUnavailable, "no DLA under TensorRT 11.4.0"),
+    ("10.3.0", 2, UsageError, "--dla-core 2: this device has 2 DLA core.s., numbered 0 to 1"),
+])
+def test_dla_core_the_device_lacks_is_refused(use_tensorrt, onnx_files, tmp_path, version, cores, error, message):
+    use_tensorrt(version, dla_cores=cores)
+    core = 2 if error is UsageError else 0
+    with pytest.raises(error, match=message):
+        build_engine(onnx_files["decomposed"], BuildSettings(dla_core=core), tmp_path / "e.engine", gpu=H200)
     assert not (tmp_path / "e.engine").exists()
-    assert build_engine(onnx_files["fused"], BuildSettings(), tmp_path / "e.engine", trt=make_fake_tensorrt("10.15.1"), gpu=H200)
 
 
-def test_static_batch_onnx_needs_a_matching_range(make_fake_tensorrt, read_plan, onnx_files, tmp_path):
-    trt = make_fake_tensorrt("11.0.0")
+def test_dla_is_checked_before_any_work(use_tensorrt, gpu_machine, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    use_tensorrt("11.0.0")
+    from pe_export.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["trt", "-v", SPATIAL, "--random-init", "--fp32", "--dla-core", "0"])
+    assert info.value.code == 3 and "this device has no DLA" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_parser_errors_name_the_nodes(use_tensorrt, onnx_files, tmp_path):
+    use_tensorrt("10.8.0")  # no Attention (10.14) nor RotaryEmbedding (10.15) yet
+    with pytest.raises(PeExportError, match=r"could not parse fused.onnx: transformer.resblocks.0.attn/rotary.* \(RotaryEmbedding\): No importer.*and \d+ more"):
+        build_engine(onnx_files["fused"], BuildSettings(), tmp_path / "e.engine", gpu=H200)
+    assert not (tmp_path / "e.engine").exists()
+    use_tensorrt("10.15.1")
+    assert build_engine(onnx_files["fused"], BuildSettings(), tmp_path / "e.engine", gpu=H200)
+
+
+def test_parser_reads_external_data(use_tensorrt, onnx_files, tmp_path):
+    use_tensorrt("11.0.0")
+    split = tmp_path / "split.onnx"
+    onnx.save(onnx.load(onnx_files["fused"]), split, save_as_external_data=True, location="split.onnx.data", size_threshold=0)
+    assert build_engine(split, BuildSettings(), tmp_path / "e.engine", gpu=H200).path.is_file()
+    (tmp_path / "split.onnx.data").unlink()
+    with pytest.raises(PeExportError, match="could not parse split.onnx: node -1 \\(\\): failed to load the weights"):
+        build_engine(split, BuildSettings(), tmp_path / "f.engine", gpu=H200)
+    assert not (tmp_path / "f.engine").exists()
+
+
+def test_static_batch_onnx_needs_a_matching_range(use_tensorrt, read_plan, onnx_files, tmp_path):
+    use_tensorrt("11.0.0")
     with pytest.raises(UsageError, match="static batch of 2; use --batch 2:2:2"):
-        build_engine(onnx_files["static"], BuildSettings(batch_max=8), tmp_path / "e.engine", trt=trt, gpu=H200)
-    result = build_engine(onnx_files["static"], BuildSettings(batch_min=2, batch_opt=2, batch_max=2), tmp_path / "e.engine", trt=trt, gpu=H200)
+        build_engine(onnx_files["static"], BuildSettings(batch_max=8), tmp_path / "e.engine", gpu=H200)
+    result = build_engine(onnx_files["static"], BuildSettings(batch_min=2, batch_opt=2, batch_max=2), tmp_path / "e.engine", gpu=H200)
     assert read_plan(result.path)["profile"]["pixel_values"][0] == [2, 3, 512, 512]
 
 
-def test_engine_reuse_and_rebuild(make_fake_tensorrt, onnx_files, tmp_path):
-    trt = make_fake_tensorrt("11.0.0")
-    path = tmp_path / "e.engine"
-    first = ensure_engine(onnx_files["fused"], BuildSettings(), path, trt, H200)
-    stamp = first.path.stat().st_mtime_ns
-    assert ensure_engine(onnx_files["fused"], BuildSettings(), path, trt, H200).path.stat().st_mtime_ns == stamp
-    builds = sum(c[0] == "build_serialized_network" for c in trt.calls)
-    ensure_engine(onnx_files["fused"], BuildSettings(opt_level=1), path, trt, H200)  # other settings: rebuilt
-    ensure_engine(onnx_files["fused"], BuildSettings(opt_level=1), path, make_fake_tensorrt("11.1.0"), H200)  # other TensorRT
-    assert sum(c[0] == "build_serialized_network" for c in trt.calls) == builds + 1
+# ---- timing cache ------------------------------------------------------------------------------
 
+def test_timing_cache_per_tensorrt_release_and_gpu(use_tensorrt, onnx_files, tmp_path):
+    base = tmp_path / "tc.cache"
+    settings = BuildSettings(timing_cache=base)
+    for version in ("11.0.0", "11.1.0", "11.0.0"):
+        use_tensorrt(version)
+        assert build_engine(onnx_files["fused"], settings, tmp_path / "e.engine", gpu=H200).notes == ()
+    own = {v: json.loads(cache_file(base, v, H200).read_bytes()) for v in ("11.0.0", "11.1.0")}
+    assert own == {"11.0.0": {"tensorrt": "11.0.0", "gpu": "9.0", "entries": 2},  # loaded again and grown
+                   "11.1.0": {"tensorrt": "11.1.0", "gpu": "9.0", "entries": 1}}
+
+
+@pytest.mark.parametrize("stored, note", [
+    (json.dumps({"tensorrt": "11.0.0", "gpu": "8.0", "entries": 9}).encode(), "TensorRT refused the timing cache"),
+    (b"\x00garbage", "TensorRT refused the timing cache"),
+])
+def test_a_cache_tensorrt_refuses_is_replaced(use_tensorrt, onnx_files, tmp_path, stored, note):
+    use_tensorrt("11.0.0")
+    keyed = cache_file(tmp_path / "tc.cache", "11.0.0", H200)
+    keyed.write_bytes(stored)  # e.g. copied from an A100 machine under this machine's name
+    result = build_engine(onnx_files["fused"], BuildSettings(timing_cache=tmp_path / "tc.cache"), tmp_path / "e.engine", gpu=H200)
+    assert result.path.is_file() and len(result.notes) == 1 and note in result.notes[0]
+    assert json.loads(keyed.read_bytes()) == {"tensorrt": "11.0.0", "gpu": "9.0", "entries": 1}
+
+
+def test_a_cache_problem_after_the_build_keeps_the_engine(use_tensorrt, onnx_files, tmp_path, monkeypatch):
+    trt = use_tensorrt("11.0.0")
+    config_type = type(trt.Builder(trt.Logger()).create_builder_config())
+    monkeypatch.setattr(config_type, "get_timing_cache", lambda self: None)
+    result = build_engine(onnx_files["fused"], BuildSettings(timing_cache=tmp_path / "tc.cache"), tmp_path / "e.engine", gpu=H200)
+    assert result.path.is_file() and json.loads((tmp_path / "e.engine.json").read_text())["engine_bytes"] > 0
+    assert result.notes == (f"TensorRT returned no timing cache after the build; {cache_file(tmp_path / 'tc.cache', '11.0.0', H200)} "
+                            "was not updated",)
+    monkeypatch.undo()
+    use_tensorrt("11.0.0")
+    (tmp_path / "blocked").write_text("a file where the cache folder should be")
+    result = build_engine(onnx_files["fused"], BuildSettings(timing_cache=tmp_path / "blocked" / "tc.cache"), tmp_path / "f.engine", gpu=H200)
+    assert result.path.is_file() and "could not save the timing cache" in result.notes[0]
+
+
+# ---- reuse and the version rule -----------------------------------------------------------------
+
+def test_engine_reuse_and_rebuild(use_tensorrt, read_plan, onnx_files, tmp_path):
+    trt = use_tensorrt("11.0.0")
+    path = tmp_path / "e.engine"
+    first = ensure_engine(onnx_files["fused"], BuildSettings(), path, H200)
+    stamp = first.path.stat().st_mtime_ns
+    assert ensure_engine(onnx_files["fused"], BuildSettings(), path, H200).path.stat().st_mtime_ns == stamp
+    ensure_engine(onnx_files["fused"], BuildSettings(opt_level=1), path, H200)  # other settings: rebuilt
+    assert _builds(trt) == 2
+    newer = use_tensorrt("11.1.0")  # a plain engine runs only on the release that built it
+    ensure_engine(onnx_files["fused"], BuildSettings(opt_level=1), path, H200)
+    assert _builds(newer) == 1 and read_plan(path)["version"] == "11.1.0"
+    ensure_engine(onnx_files["fused"], BuildSettings(opt_level=1), path, A100)  # another GPU: rebuilt
+    assert _builds(newer) == 2
+
+
+def test_version_compatible_engines_are_reused_forward_only(use_tensorrt, read_plan, onnx_files, tmp_path):
+    settings = BuildSettings(version_compatible=True)
+    use_tensorrt("11.0.0")
+    ensure_engine(onnx_files["fused"], settings, tmp_path / "e.engine", H200)
+    newer = use_tensorrt("11.1.0")
+    ensure_engine(onnx_files["fused"], settings, tmp_path / "e.engine", H200)
+    assert _builds(newer) == 0 and read_plan(tmp_path / "e.engine")["version"] == "11.0.0"  # 11.1 runs it
+    ensure_engine(onnx_files["fused"], settings, tmp_path / "n.engine", H200)
+    older = use_tensorrt("11.0.0")
+    ensure_engine(onnx_files["fused"], settings, tmp_path / "n.engine", H200)
+    assert _builds(older) == 1 and read_plan(tmp_path / "n.engine")["version"] == "11.0.0"  # 11.0 cannot run 11.1's
+
+
+@pytest.mark.parametrize("built, runtime, portable, runs", [
+    ("10.13.0.35", "10.13.0.35", False, True),
+    ("10.13.0.35", "10.15.1", False, False),
+    ("10.15.1", "10.13.0.35", False, False),
+    ("10.13.0.35", "10.15.1", True, True),  # version-compatible: a newer release of the same major
+    ("10.15.1", "10.13.0.35", True, False),  # never an older one
+    ("10.15.1", "11.0.0", True, True),  # the documented cross-major pair
+    ("11.0.0", "10.16.0", True, False),
+    ("11.4.0", "12.0.0", True, False),  # no other pair across majors
+])
+def test_which_tensorrt_runs_an_engine(built, runtime, portable, runs):
+    meta = {"tensorrt": built, "gpu": {"name": "NVIDIA H200", "compute_capability": "9.0"},
+            "settings": {"version_compatible": portable}}
+    if runs:
+        check_compatible(meta, runtime, H200)
+    else:
+        with pytest.raises(TensorRTUnavailable, match=f"built with TensorRT {built}, this is {runtime}"):
+            check_compatible(meta, runtime, H200)
+
+
+def test_which_gpu_runs_an_engine():
+    meta = {"tensorrt": "11.0.0", "gpu": {"name": "NVIDIA A100", "compute_capability": "8.0"}, "settings": {}}
+    with pytest.raises(TensorRTUnavailable, match=r"built for NVIDIA A100 \(sm 8.0\), this GPU is NVIDIA H200 \(sm 9.0\)"):
+        check_compatible(meta, "11.0.0", H200)
+    portable = {**meta, "settings": {"hardware_compat": "ampere+"}}
+    check_compatible(portable, "11.0.0", H200)
+    with pytest.raises(TensorRTUnavailable, match="built for Ampere or newer GPUs, this GPU is Tesla T4"):
+        check_compatible(portable, "11.0.0", Gpu("Tesla T4", (7, 5)))
+
+
+# ---- settings and the whole command ----------------------------------------------------------------
 
 def test_profile_settings_with_overrides():
     profile = find_profile("pe-lang-l14-datacenter")
@@ -122,15 +255,33 @@ def test_profile_settings_with_overrides():
         build_settings(profile, "int8", batch_min=16)
 
 
-def test_whole_trt_command_with_the_double(make_fake_tensorrt, fixtures, tmp_path, monkeypatch):
+def test_covering_settings_keep_the_profile_where_it_covers():
+    profile = find_profile("pe-lang-l14-datacenter")  # batches 1:8:32
+    assert covering_settings(profile, "fp16", [1, 8]) == build_settings(profile, "fp16")
+    wider = covering_settings(profile, "fp16", [4, 64])
+    assert (wider.batch_min, wider.batch_opt, wider.batch_max) == (1, 8, 64)
+    jetson = covering_settings(find_profile("pe-lang-l14-jetson-orin"), "fp16", [2, 4])  # batch 1:1:1
+    assert (jetson.batch_min, jetson.batch_opt, jetson.batch_max) == (1, 1, 4)
+
+
+def test_whole_trt_command_with_the_double(use_tensorrt, fixtures, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    trt = make_fake_tensorrt("11.0.0")
-    result = trt_variant(ModelSource(SPATIAL, fixtures.checkpoint(SPATIAL)), "fp16", trt=trt, gpu=H200, batch_max=4, batch_opt=2)
-    assert result.path.name == f"{SPATIAL}.trt11.fp16.engine" and result.path.is_file()
-    assert (tmp_path / "artifacts" / SPATIAL / f"{SPATIAL}.trt11.fp16.onnx").is_file()  # made through the earlier stages
+    trt = use_tensorrt("11.0.0")
+    source = ModelSource(SPATIAL, fixtures.checkpoint(SPATIAL))
+    result = trt_variant(source, "fp32", gpu=H200, batch_max=4, batch_opt=2)
+    assert result.path.name == f"{SPATIAL}.trt11.engine" and result.path.is_file()
+    assert (tmp_path / "artifacts" / SPATIAL / f"{SPATIAL}.trt11.onnx").is_file()  # made through the earlier stages
     assert result.metadata["options"]["output"] == "tokens"
-    again = trt_variant(ModelSource(SPATIAL, fixtures.checkpoint(SPATIAL)), "fp16", trt=trt, gpu=H200, batch_max=4, batch_opt=2)
-    assert again.path == result.path and sum(c[0] == "build_serialized_network" for c in trt.calls) == 1
+    again = trt_variant(source, "fp32", gpu=H200, batch_max=4, batch_opt=2)
+    assert again.path == result.path and _builds(trt) == 1
+
+
+def test_a_precision_the_gpu_cannot_compute_is_refused_first(use_tensorrt, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    use_tensorrt("11.0.0")
+    with pytest.raises(TensorRTUnavailable, match=r"fp8 engines need a GPU of compute capability 8.9 or newer; this is NVIDIA A100-SXM4-80GB \(sm 8.0\)"):
+        trt_variant(ModelSource(SPATIAL, random_init=True), "fp8", gpu=A100)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_no_tensorrt_means_exit_3_and_nothing_written(tmp_path, monkeypatch, capsys):
@@ -145,22 +296,22 @@ def test_no_tensorrt_means_exit_3_and_nothing_written(tmp_path, monkeypatch, cap
     assert list(tmp_path.iterdir()) == []
 
 
-def test_no_gpu_means_exit_3(make_fake_tensorrt, tmp_path, monkeypatch):
+def test_tensorrt_older_than_the_supported_range(use_tensorrt):
+    use_tensorrt("10.2.0")
+    with pytest.raises(TensorRTUnavailable, match="TensorRT 10.2.0 is older than 10.3, the oldest pe-export supports"):
+        import_tensorrt()
+    use_tensorrt("10.3.0")
+    assert import_tensorrt().__version__ == "10.3.0"
+
+
+def test_no_gpu_means_exit_3(use_tensorrt, monkeypatch):
     import torch
 
+    use_tensorrt("11.0.0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(TensorRTUnavailable, match="no CUDA GPU") as info:
-        trt_variant(ModelSource(SPATIAL, random_init=True), "fp16", trt=make_fake_tensorrt("11.0.0"))
+        trt_variant(ModelSource(SPATIAL, random_init=True), "fp16")
     assert info.value.exit_code == 3
-
-
-def test_engines_from_elsewhere_are_refused_unless_portable():
-    meta = {"tensorrt": "10.8.0", "gpu": {"name": "NVIDIA A100", "compute_capability": "8.0"}, "settings": {}}
-    with pytest.raises(TensorRTUnavailable, match="built with TensorRT 10.8.0, this is 11.0.0"):
-        check_compatible(meta, "11.0.0", H200)
-    with pytest.raises(TensorRTUnavailable, match=r"built for NVIDIA A100 \(sm 8.0\), this GPU is NVIDIA H200 \(sm 9.0\)"):
-        check_compatible(meta, "10.8.0", H200)
-    check_compatible({**meta, "settings": {"version_compatible": True, "hardware_compat": "ampere+"}}, "11.0.0", H200)
 
 
 def test_bad_trt_options(capsys):
@@ -169,6 +320,11 @@ def test_bad_trt_options(capsys):
     with pytest.raises(SystemExit) as info:
         main(["trt", "-v", SPATIAL, "--random-init", "--int8", "--fp8"])
     assert info.value.code == 2 and "choose one precision, not --int8 and --fp8" in capsys.readouterr().err
+
+
+def test_profiles_name_the_tensorrt_they_need():
+    jetson = load_profile(find_profile("pe-lang-l14-jetson-orin").path)
+    assert jetson.export.target == "jetson" and jetson.tensorrt.dla_core is None and jetson.tensorrt.tf32 is False
 
 
 # ---- real hardware ----------------------------------------------------------------------------
@@ -188,10 +344,17 @@ def _hardware() -> str | None:
 @pytest.mark.parametrize("precision, min_cosine", [("fp32", 0.9999), ("fp16", 0.999), ("bf16", 0.99), ("int8", 0.99), ("fp8", 0.99)])
 def test_real_engine_matches_torch(fixtures, tmp_path, monkeypatch, precision, min_cosine):
     from pe_export.runners.tensorrt import TrtRunner
+    from pe_export.runners.tensorrt_env import current_gpu
+    from pe_export.trt.engine import gpu_cannot_run
 
+    if gpu_cannot_run(precision, current_gpu()):
+        pytest.skip(gpu_cannot_run(precision, current_gpu()))
     monkeypatch.chdir(tmp_path)
     result = trt_variant(ModelSource(SPATIAL, fixtures.checkpoint(SPATIAL)), precision, batch_max=2)
     data = fixtures.outputs(SPATIAL)
     with TrtRunner(result.path) as runner:
         out = runner.run(data["input"])
+        graphed = TrtRunner(result.path, cuda_graph=True)
+        assert compare(out, graphed.run(data["input"])).cosine_min > 0.99999
+        graphed.close()
     assert compare(data["forward"], out).cosine_mean >= min_cosine
