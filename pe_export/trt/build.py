@@ -52,6 +52,12 @@ class EngineResult:
     notes: tuple[str, ...] = ()  # what went wrong beside the engine (its timing cache), for the user to read
 
 
+def engine_key(onnx_path: Path, settings: BuildSettings) -> dict:
+    """What an engine is built from; whether this TensorRT and GPU may run it is NVIDIA's rule
+    (runners.tensorrt.incompatibility), checked beside the key."""
+    return {"onnx": artifacts.file_sha256(onnx_path), "settings": settings.recorded()}
+
+
 def metadata_path(engine: Path) -> Path:
     return artifacts.manifest_path(engine)
 
@@ -117,6 +123,7 @@ def build_engine(
         "settings": settings.recorded(),
         "timing_cache": str(cache) if cache else None,
         "onnx": {"path": str(onnx_path), "sha256": artifacts.file_sha256(onnx_path)},
+        "key": engine_key(onnx_path, settings),
         "build_seconds": round(time.perf_counter() - start, 1),
         "engine_bytes": len(engine_bytes),
         "inputs": [_io(network.get_input(i)) for i in range(network.num_inputs)],

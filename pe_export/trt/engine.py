@@ -16,7 +16,7 @@ from pe_export.precision.quantize import precision_onnx
 from pe_export.precisions import get_precision
 from pe_export.runners.tensorrt import incompatibility
 from pe_export.runners.tensorrt_env import Gpu, current_gpu, import_tensorrt
-from pe_export.trt.build import BuildSettings, EngineResult, build_engine, check_dla
+from pe_export.trt.build import BuildSettings, EngineResult, build_engine, check_dla, engine_key
 from pe_export.variants import get_variant
 
 
@@ -56,20 +56,19 @@ def require_gpu_for(precision: str, gpu: Gpu) -> None:
 
 def ensure_engine(onnx_path: Path, settings: BuildSettings, engine_path: Path | None = None, gpu: Gpu | None = None,
                   progress: Callable[[str], None] = lambda s: None) -> EngineResult:
-    """The engine for this ONNX and these settings: reused when its metadata matches (same ONNX and
-    settings) and this TensorRT and GPU may run it by NVIDIA's rules, else built."""
+    """The engine for this ONNX and these settings: reused when its key matches (same ONNX and
+    settings) and this TensorRT and GPU may run it by NVIDIA's rules, else built, saying why."""
     trt = import_tensorrt()
     gpu = gpu or current_gpu()
     path = engine_path or onnx_path.with_suffix(".engine")
-    metadata = artifacts.load_manifest(path)
-    if metadata and (
-        metadata.get("onnx", {}).get("sha256") == artifacts.file_sha256(onnx_path)
-        and metadata.get("settings") == settings.recorded()
-        and incompatibility(metadata, str(trt.__version__), gpu) is None
-        and artifacts.files_match(path, metadata)
-    ):
-        progress(f"reusing {path}")
-        return EngineResult(path, metadata)
+    metadata, why = artifacts.reusable(path, engine_key(onnx_path, settings))
+    if metadata is not None:
+        why = incompatibility(metadata, str(trt.__version__), gpu) or why
+        if why == "same key":
+            progress(f"reused {path} (same key, and this TensorRT and GPU run it)")
+            return EngineResult(path, metadata)
+    if why != "nothing to reuse":
+        progress(f"building {path} again: {why}")
     return build_engine(onnx_path, settings, path, gpu, progress)
 
 

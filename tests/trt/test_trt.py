@@ -358,3 +358,27 @@ def test_real_engine_matches_torch(fixtures, tmp_path, monkeypatch, precision, m
         assert compare(out, graphed.run(data["input"])).cosine_min > 0.99999
         graphed.close()
     assert compare(data["forward"], out).cosine_mean >= min_cosine
+
+
+def test_every_engine_key_field_decides_reuse(use_tensorrt, onnx_files, tmp_path):
+    from pe_export import artifacts
+
+    use_tensorrt("11.0.0")
+    steps: list[str] = []
+    path = ensure_engine(onnx_files["fused"], BuildSettings(), tmp_path / "e.engine", H200).path
+    key = artifacts.load_manifest(path)["key"]
+    fields = sorted(artifacts.flat_key(key))
+    assert fields == sorted(["onnx", *(f"settings.{name}" for name in BuildSettings().recorded())])
+    for field in fields:
+        flipped = json.loads(json.dumps(key))
+        node, *rest = field.split(".")
+        if rest:
+            flipped[node][rest[0]] = ["changed"]
+        else:
+            flipped[node] = "changed"
+        assert artifacts.reusable(path, flipped) == (None, f"{field} changed")
+    ensure_engine(onnx_files["fused"], BuildSettings(opt_level=1), path, H200, steps.append)
+    assert steps[0] == f"building {path} again: settings.opt_level changed"
+    steps.clear()
+    ensure_engine(onnx_files["fused"], BuildSettings(opt_level=1), path, A100, steps.append)
+    assert steps[0].startswith(f"building {path} again: engine was built for NVIDIA H200")
