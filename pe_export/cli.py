@@ -30,6 +30,7 @@ from pe_export.precisions import PRECISIONS
 from pe_export.report import CompareMode
 from pe_export.runners import BACKENDS
 from pe_export.runners.device import Device
+from pe_export.serving import InstanceKind
 from pe_export.variants import OutputKind
 
 if TYPE_CHECKING:
@@ -92,6 +93,7 @@ LOWERING = Choice("lowering", tuple(get_args(Lowering)))
 OUTPUT = Choice("features", tuple(get_args(OutputKind)))
 DEVICE = Choice("device", tuple(get_args(Device)))
 COMPARE = Choice("comparison", tuple(get_args(CompareMode)))
+INSTANCE_KIND = Choice("instance kind", tuple(get_args(InstanceKind)))
 HARDWARE_COMPAT = Choice("hardware compatibility", tuple(get_args(HardwareCompat)))
 
 
@@ -389,6 +391,39 @@ def trt(
                   f"TensorRT {m['tensorrt']}, {m['gpu']['name']}, {m['build_seconds']} s)")
     for note in result.notes:
         console.print(f"[yellow]note[/] {note}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def triton(
+    artifact: Annotated[Path, typer.Argument(help="An ONNX file (any precision) or a TensorRT engine made by pe-export.")],
+    repository: Annotated[Path, typer.Option("--repository", "-r", help="The model repository folder.")] = Path("model_repository"),
+    name: Annotated[Optional[str], typer.Option(help="Model name. Default: <variant>-<precision>-<onnx|trt>.")] = None,
+    max_batch: Annotated[Optional[int], typer.Option(help="Largest batch Triton forms. Default: the engine's profile maximum, 8 for ONNX.", min=1)] = None,
+    preferred: Annotated[Optional[str], typer.Option(help="Preferred batch sizes of dynamic batching, e.g. 4,8. Default: the engine's opt and max.")] = None,
+    queue_delay_us: Annotated[int, typer.Option(help="How long dynamic batching waits to fill a batch, in microseconds.", min=0)] = 100,
+    kind: Annotated[str, INSTANCE_KIND.option(help="Where ONNX instances run (engines always run on the GPU).")] = "gpu",
+    instances: Annotated[int, typer.Option(help="Model instances.", min=1)] = 1,
+    tensorrt_accelerator: Annotated[bool, flag("--tensorrt-accelerator", help="ONNX on GPU: let onnxruntime's TensorRT execution provider run it.")] = False,
+) -> None:
+    """Write a Triton Inference Server model repository for an artifact: config.pbtxt (inputs and
+    outputs from the manifest, dynamic batching, instance groups, the variant and precision as
+    parameters) and the model file as version 1.
+
+    Example: pe-export triton artifacts/PE-Lang-L14-448/PE-Lang-L14-448.ort.int8.onnx --kind cpu -r models/
+    """
+    from pydantic import ValidationError
+
+    from pe_export.serving.repository import ServingOptions, model_repository
+
+    try:
+        options = ServingOptions(name=name, max_batch_size=max_batch, preferred_batch_sizes=_bench_sizes(preferred) if preferred else [],
+                                 max_queue_delay_us=queue_delay_us, instance_kind=kind, instances=instances,
+                                 tensorrt_accelerator=tensorrt_accelerator)
+    except ValidationError as exc:
+        raise UsageError(f"bad serving options: {_first_error(exc)}") from None
+    result = model_repository(artifact, repository, options)
+    console.print(f"[green]wrote[/] {result.model_dir}/ (config.pbtxt, version 1)")
+    console.print(result.text, highlight=False, markup=False)
 
 
 @app.command()

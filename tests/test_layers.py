@@ -22,8 +22,9 @@ RANKS = {
     "onnx": 6,
     "precision": 7,
     "trt": 8,
-    "bench": 9,
-    "cli": 10,
+    "serving": 9,
+    "bench": 10,
+    "cli": 11,
 }
 
 

@@ -1,0 +1,160 @@
+"""`pe-export triton`: a Triton Inference Server model repository for one artifact.
+
+    <repository>/<model>/config.pbtxt
+    <repository>/<model>/1/model.plan                  TensorRT engine (platform tensorrt_plan)
+    <repository>/<model>/1/model.onnx [+ its .data]    ONNX of any precision (onnxruntime_onnx)
+
+Inputs and outputs are named, typed and shaped from the artifact's manifest; the batch limit and
+dynamic batching from the engine's profile or the options given; the variant, precision and
+source recorded in the config's parameters. The config is written as protobuf text format, which
+Triton's own ModelConfig schema parses (checked in the tests with the tritonclient package).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pe_export import artifacts
+from pe_export.errors import UsageError
+from pe_export.runners import ENGINE_SUFFIXES
+from pe_export.serving import InstanceKind
+from pe_export.validate import check_artifact
+from pe_export.variants import get_variant
+
+TRITON_TYPES = {"float32": "TYPE_FP32", "FLOAT": "TYPE_FP32", "float16": "TYPE_FP16", "HALF": "TYPE_FP16",
+                "bfloat16": "TYPE_BF16", "BF16": "TYPE_BF16"}
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class ServingOptions(BaseModel):
+    """How Triton serves the model; None takes the artifact's own limits."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Optional[str] = None
+    max_batch_size: Optional[int] = Field(None, ge=1)
+    preferred_batch_sizes: list[int] = []
+    max_queue_delay_us: int = Field(100, ge=0)
+    instance_kind: InstanceKind = "gpu"
+    instances: int = Field(1, ge=1)
+    tensorrt_accelerator: bool = False  # onnxruntime on GPU: let its TensorRT execution provider run the graph
+
+    @model_validator(mode="after")
+    def _preferred_within_limit(self) -> "ServingOptions":
+        too_big = [b for b in self.preferred_batch_sizes if self.max_batch_size and b > self.max_batch_size]
+        if too_big or any(b < 1 for b in self.preferred_batch_sizes):
+            raise ValueError(f"preferred batch sizes must be between 1 and the max batch size, got {too_big or self.preferred_batch_sizes}")
+        return self
+
+
+@dataclass(frozen=True)
+class Repository:
+    model_dir: Path
+    config: Path
+    text: str
+
+
+def model_repository(artifact: Path, repository: Path, options: ServingOptions = ServingOptions()) -> Repository:
+    """Write `<repository>/<name>/` for the artifact; a model folder already there is replaced whole."""
+    artifact = Path(artifact)
+    manifest = artifacts.read_manifest(artifact) if artifact.is_file() else None
+    if manifest is None:
+        raise UsageError(f"{artifact} has no manifest beside it; make artifacts with pe-export onnx, quantize or trt")
+    check_artifact(artifact, get_variant(manifest["variant"]))
+    engine = artifact.suffix in ENGINE_SUFFIXES
+    name = options.name or _default_name(manifest, engine)
+    if not MODEL_NAME.match(name):
+        raise UsageError(f"model name {name!r}: use letters, digits, '-', '_' and '.'")
+    text = config_text(name, manifest, options, engine, artifact.name)
+    target = repository / name
+    artifacts.prepare_destination(target / "config.pbtxt")
+    with artifacts.staging(target) as scratch:
+        version = scratch / "1"
+        version.mkdir()
+        _place(artifact, version / ("model.plan" if engine else "model.onnx"))
+        for companion in manifest.get("files", {}):  # external data keeps the name the graph refers to
+            if companion != artifact.name:
+                _place(artifact.parent / companion, version / companion)
+        (scratch / "config.pbtxt").write_text(text)
+        _swap_in(scratch, target)
+    return Repository(target, target / "config.pbtxt", text)
+
+
+def config_text(name: str, manifest: dict, options: ServingOptions, engine: bool, artifact: str) -> str:
+    """The model's config.pbtxt: protobuf text format of Triton's ModelConfig."""
+    inputs, outputs = manifest["inputs"], manifest["outputs"]
+    batch_dim = inputs[0]["shape"][0]
+    dynamic = not isinstance(batch_dim, int) or batch_dim == -1
+    limit = _batch_limit(manifest, options, engine) if dynamic else 0
+    lines = [f'name: "{name}"',
+             'platform: "tensorrt_plan"' if engine else 'platform: "onnxruntime_onnx"',
+             f"max_batch_size: {limit}"]
+    for kind, tensors in (("input", inputs), ("output", outputs)):
+        for tensor in tensors:
+            dims = tensor["shape"][1:] if dynamic else tensor["shape"]
+            lines.append(f'{kind} [{{ name: "{tensor["name"]}" data_type: {_triton_type(tensor)} '
+                         f'dims: [{", ".join(str(d) for d in dims)}] }}]')
+    if dynamic:
+        preferred = options.preferred_batch_sizes or sorted({b for b in (_opt(manifest), limit) if b and b > 1})
+        lines.append(f"dynamic_batching {{ preferred_batch_size: [{', '.join(map(str, preferred))}] "
+                     f"max_queue_delay_microseconds: {options.max_queue_delay_us} }}")
+    kind = "KIND_GPU" if engine or options.instance_kind == "gpu" else "KIND_CPU"
+    lines.append(f"instance_group [{{ kind: {kind} count: {options.instances} }}]")
+    if options.tensorrt_accelerator and not engine:
+        lines.append('optimization { execution_accelerators { gpu_execution_accelerator: [{ name: "tensorrt" }] } }')
+    recorded = {"pe_export.variant": manifest["variant"], "pe_export.precision": manifest.get("precision", "fp32"),
+                "pe_export.artifact": artifact}
+    lines += [f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in recorded.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _batch_limit(manifest: dict, options: ServingOptions, engine: bool) -> int:
+    if engine:
+        engine_max = manifest["settings"]["batch_max"]
+        if options.max_batch_size and options.max_batch_size > engine_max:
+            raise UsageError(f"the engine's profile takes batches up to {engine_max}; "
+                             f"--max-batch {options.max_batch_size} is more than it can run")
+        return options.max_batch_size or engine_max
+    return options.max_batch_size or 8
+
+
+def _opt(manifest: dict) -> int | None:
+    return manifest.get("settings", {}).get("batch_opt")
+
+
+def _triton_type(tensor: dict) -> str:
+    try:
+        return TRITON_TYPES[tensor["dtype"]]
+    except KeyError:
+        raise UsageError(f"tensor {tensor['name']} has type {tensor['dtype']}, which pe-export does not serve") from None
+
+
+def _default_name(manifest: dict, engine: bool) -> str:
+    runtime = "trt" if engine else "onnx"
+    return f"{manifest['variant'].lower()}-{manifest.get('precision', 'fp32')}-{runtime}"
+
+
+def _place(source: Path, target: Path) -> None:
+    """A hard link where the file system allows (weights are large), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _swap_in(staged: Path, target: Path) -> None:
+    """Move the staged model folder into place; a previous one is moved aside first, then removed."""
+    old = target.with_name(f".{target.name}.{os.getpid()}.old")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staged, target)
+    with contextlib.suppress(OSError):
+        shutil.rmtree(old)
