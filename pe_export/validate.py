@@ -14,7 +14,7 @@ from pe_export import artifacts
 from pe_export.errors import UsageError
 from pe_export.precisions import get_precision
 from pe_export.report import ParityRow
-from pe_export.runners import open_runner
+from pe_export.runners import BACKENDS, default_backend, open_runner
 from pe_export.variants import Variant
 
 # One seed per purpose, so the inputs that prove an export, score an artifact and time a runner
@@ -129,29 +129,30 @@ def reference_outputs(module: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
 
 
 def artifact_parity(path: Path, reference: np.ndarray, inputs: ParityInputs, threshold: float | None = None,
-                    threads: int | None = None) -> ParityRow:
-    """One artifact run on `inputs` and scored against the reference outputs for them.
+                    threads: int | None = None, backend: str | None = None) -> ParityRow:
+    """One artifact run on `inputs` (on `backend`, by default the one for its file type) and scored
+    against the reference outputs for them.
 
     The gate is the token cosine mean against `threshold` (default: the precision's).
     """
     manifest = artifacts.read_manifest(path) or {}
     precision = get_precision(manifest.get("precision", "fp32"))
     threshold = precision.threshold if threshold is None else threshold
-    if path.suffix == ".onnx" and not precision.runs_on_ort_cpu:
-        return ParityRow(artifact=path.name, backend="onnxruntime", precision=precision.name, cosine_mean=None,
+    chosen = BACKENDS[backend] if backend else default_backend(path)
+    if not chosen.runs(precision.name):
+        return ParityRow(artifact=path.name, backend=chosen.name, precision=precision.name, cosine_mean=None,
                          cosine_min=None, max_abs=None, rel_l2=None, threshold=threshold, passed=None,
-                         note=f"{precision.name} cannot run on onnxruntime CPU")
-    with open_runner(path, threads=threads) as runner:
+                         note=f"{precision.name} cannot run on {chosen.runtime} {'GPU' if chosen.gpu else 'CPU'}")
+    with open_runner(path, backend=chosen.name, threads=threads) as runner:
         static = manifest.get("options", {}).get("batch")
         candidate = run_in_chunks(runner.run, inputs.batch, static if isinstance(static, int) else CHUNK)
-        backend = runner.backend
     if candidate.shape != reference.shape:
         raise UsageError(f"{path.name} gives {candidate.shape}, the torch reference {reference.shape}: is it for this variant?")
     figures = compare(reference, candidate)
     ref_pooled, cand_pooled = pooled_features(reference), pooled_features(candidate)
     top1 = retrieval_agreement(ref_pooled, cand_pooled) if inputs.real_images and len(inputs.names) >= 3 else None
     return ParityRow(
-        artifact=path.name, backend=backend, precision=precision.name, cosine_mean=figures.cosine_mean,
+        artifact=path.name, backend=chosen.name, precision=precision.name, cosine_mean=figures.cosine_mean,
         cosine_min=figures.cosine_min, max_abs=figures.max_abs, rel_l2=figures.rel_l2, threshold=threshold,
         passed=figures.cosine_mean >= threshold, pooled_cosine=compare(ref_pooled, cand_pooled).cosine_mean,
         retrieval_top1=top1,

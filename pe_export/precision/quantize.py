@@ -110,8 +110,7 @@ def ensure_precision(
     )
     if same and artifacts.files_match(path, manifest):
         progress(f"reusing {path}")
-        parity = {k: v for k, v in manifest["parity"].items() if k in ParityRow.model_fields}
-        return PrecisionResult(path, manifest, ParityRow(**parity))
+        return PrecisionResult(path, manifest, ParityRow.recorded(manifest["parity"]))
     return make_precision(loaded, precision, profile, calibration(), output, progress)
 
 
