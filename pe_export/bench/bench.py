@@ -15,6 +15,7 @@ from pe_export.bench.latency import cuda_event_ms, summarize, wall_ms
 from pe_export.errors import Unavailable
 from pe_export.memory import peak_rss_mb, reset_peak_rss
 from pe_export.model import LoadedModel
+from pe_export.openvino.ir import source_precision
 from pe_export.precision.convert import require_tools
 from pe_export.precisions import PRECISIONS
 from pe_export.report import CompareMode, LatencyRow, Report, make_report
@@ -153,13 +154,15 @@ def regressions(report: Report, baseline: Report, max_regression_pct: float,
 
 
 def check_request(settings: BenchSettings) -> None:
-    """Refuse, before any work, a run this machine cannot do: no GPU, or a converter not installed."""
+    """Refuse, before any work, a run this machine cannot do: no GPU, or a runtime or converter not installed."""
     if settings.device == "cuda" and not torch.cuda.is_available():
         raise Unavailable("--device cuda needs a CUDA GPU and a CUDA build of torch; none is available here")
-    for backend in settings.backends:
+    for backend in [BACKENDS[name] for name in settings.backends]:
+        backend.require()
         for precision in settings.precisions:
-            if BACKENDS[backend].runtime != "torch" and BACKENDS[backend].runs(precision):
-                require_tools(precision)
+            if backend.runtime != "torch" and backend.runs(precision):
+                # OpenVINO's fp32 and bf16 IR both come from the fp32 ONNX
+                require_tools(source_precision(precision) if backend.runtime == "openvino" else precision)
 
 
 def run_bench(

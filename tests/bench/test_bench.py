@@ -148,6 +148,17 @@ def test_backend_precision_pairs_that_cannot_run_are_skipped():
     assert skipped_pairs(settings) == ["torch int8", "onnxruntime bf16"]
 
 
+def test_openvino_bf16_is_skipped_on_a_cpu_without_bf16_units(monkeypatch):
+    from pe_export.bench.bench import skipped_pairs
+    from pe_export.runners import openvino
+
+    settings = BenchSettings(backends=["openvino"], precisions=["fp32", "fp16", "bf16", "int8"])
+    monkeypatch.setattr(openvino, "cpu_capabilities", lambda: frozenset({"FP32", "BF16", "INT8"}))
+    assert skipped_pairs(settings) == ["openvino fp16"]
+    monkeypatch.setattr(openvino, "cpu_capabilities", lambda: frozenset({"FP32", "INT8"}))
+    assert skipped_pairs(settings) == ["openvino fp16", "openvino bf16"]
+
+
 def test_cuda_graph_reaches_the_tensorrt_runner(spatial, monkeypatch, tmp_path):
     from pe_export.bench.backends import runner_opener
 

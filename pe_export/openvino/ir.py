@@ -1,0 +1,159 @@
+"""`pe-export openvino`: an OpenVINO IR (.xml/.bin) of the fp32 or int8 Q/DQ ONNX (made or reused
+through the earlier stages), proven on OpenVINO against torch fp32 before it takes its name."""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+from typing import Callable
+
+from pe_export import artifacts
+from pe_export.errors import CheckFailed, Unavailable
+from pe_export.memory import free_weights
+from pe_export.model import LoadedModel, ModelSource
+from pe_export.model.head import OutputHead
+from pe_export.onnx.export import default_output_path, resolve
+from pe_export.precision.convert import require_tools
+from pe_export.precision.profiles import Profile, cpu_profile, resolve_profile
+from pe_export.precision.quantize import PARITY_SAMPLES, PrecisionResult, export_options, precision_onnx
+from pe_export.precisions import get_precision
+from pe_export.quiet import quiet
+from pe_export.report import ParityRow
+from pe_export.runners.device import cpu_name
+from pe_export.runners.openvino import inference_precision, require_precision
+from pe_export.validate import artifact_parity, reference_outputs, synthetic_inputs
+from pe_export.variants import Variant, get_variant
+from pe_export.versions import versions
+
+
+def source_precision(precision: str) -> str:
+    """The ONNX an IR is converted from: the Q/DQ graph for int8, the fp32 graph for fp32 and bf16
+    (which differ only in the precision OpenVINO compiles them for)."""
+    return precision if get_precision(precision).calibrated else "fp32"
+
+
+def ir_path(variant: Variant, profile: Profile, precision: str) -> Path:
+    """Beside the profile's fp32 ONNX: `<variant>.<target>.<precision>.xml`."""
+    fp32 = default_output_path(variant, resolve(export_options(profile), variant))
+    return fp32.with_name(f"{fp32.stem}.{precision}.xml")
+
+
+def openvino_variant(
+    source: ModelSource,
+    precision: str | None = None,
+    *,
+    profile: str | Path | None = None,
+    calib: str | None = None,
+    samples: int | None = None,
+    output: Path | None = None,
+    progress: Callable[[str], None] = lambda step: None,
+) -> PrecisionResult:
+    """Check the request, load the weights, then make the IR (default precision: the one the profile
+    deploys on OpenVINO, else fp32).
+
+    The torch weights are freed once the reference outputs are computed, so that torch and OpenVINO
+    never hold the weights at the same time.
+    """
+    variant = get_variant(source.variant)
+    chosen = resolve_profile(profile, variant) if profile else cpu_profile(variant.name)
+    precision = precision or chosen.deployed_precision("openvino") or "fp32"
+    require_precision(precision)
+    chosen.require(precision)
+    require_tools(source_precision(precision))
+    if output:
+        artifacts.prepare_destination(Path(output))
+    progress("loading weights")
+    return _make_ir(source.load(), precision, chosen, calib, samples, output, progress, owns_weights=True)
+
+
+def ensure_ir(loaded: LoadedModel, precision: str, profile: Profile,
+              progress: Callable[[str], None] = lambda step: None) -> PrecisionResult:
+    """The IR of a precision for this profile: reused when its manifest matches (same source ONNX,
+    inference precision and OpenVINO), else made."""
+    require_precision(precision)
+    onnx_path = precision_onnx(loaded, source_precision(precision), profile, progress=progress)
+    path = ir_path(loaded.variant, profile, precision)
+    manifest = artifacts.load_manifest(path)
+    if manifest and (
+        manifest.get("source_onnx", {}).get("sha256") == _sha256(onnx_path)
+        and manifest.get("precision") == precision
+        and manifest.get("inference_precision") == inference_precision(precision)
+        and manifest.get("versions", {}).get("openvino") == versions(("openvino",))["openvino"]
+        and artifacts.files_match(path, manifest)
+    ):
+        progress(f"reusing {path}")
+        return PrecisionResult(path, manifest, ParityRow.recorded(manifest["parity"]))
+    return _make_ir(loaded, precision, profile, None, None, path, progress, owns_weights=False)
+
+
+def _make_ir(loaded: LoadedModel, precision: str, profile: Profile, calib: str | None, samples: int | None,
+             output: Path | None, progress: Callable[[str], None], owns_weights: bool) -> PrecisionResult:
+    start = time.perf_counter()
+    onnx_path = precision_onnx(loaded, source_precision(precision), profile, calib, samples, progress)
+    options = artifacts.read_manifest(onnx_path)["options"]
+    path = Path(output) if output else ir_path(loaded.variant, profile, precision)
+    artifacts.prepare_destination(path)
+    progress("computing torch fp32 reference outputs")
+    inputs = synthetic_inputs(loaded.variant, PARITY_SAMPLES)
+    reference = reference_outputs(OutputHead.for_options(loaded.model, options).eval(), inputs.batch)
+    manifest = _manifest(loaded, precision, profile, onnx_path, options)
+    if owns_weights:  # the CLI: OpenVINO's copy replaces the torch weights
+        free_weights(loaded.model)
+    with artifacts.staging(path) as scratch:
+        staged = scratch / path.name
+        progress(f"converting {onnx_path.name} to OpenVINO IR")
+        _convert(onnx_path, staged, compress_to_fp16=precision == "bf16")
+        model_files = [staged, staged.with_suffix(".bin")]
+        manifest_file = scratch / artifacts.manifest_path(path).name
+        artifacts.write_json(manifest_file, manifest)  # parity reads the artifact's precision from it
+        progress(f"proving {precision} parity on OpenVINO")
+        row = artifact_parity(staged, reference, inputs, profile.threshold(precision))
+        manifest.update(parity={**row.model_dump(), "inputs": "synthetic, seed 1 (apart from calibration)"},
+                        seconds=round(time.perf_counter() - start, 1), files=artifacts.file_digests(model_files),
+                        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+        artifacts.write_json(manifest_file, manifest)
+        if row.passed is False:
+            raise CheckFailed(
+                f"the {precision} IR misses its parity threshold on OpenVINO: token cosine mean {row.cosine_mean:.5f} "
+                f"< {row.threshold} (min {row.cosine_min:.5f}, max abs {row.max_abs:.3g}); nothing was written"
+            )
+        artifacts.publish([*model_files, manifest_file], path)
+    return PrecisionResult(path, manifest, row)
+
+
+def _convert(onnx_path: Path, xml: Path, compress_to_fp16: bool) -> None:
+    """ONNX to IR through OpenVINO's converter, which also folds the Q/DQ weights into int8 constants.
+
+    bf16 IR keeps its float weights in fp16 (half the file; fp16 holds 3 more mantissa bits than the
+    bf16 the CPU computes in); fp32 and int8 keep theirs in fp32.
+    """
+    import openvino as ov
+
+    try:
+        with quiet():
+            model = ov.convert_model(onnx_path)
+    except Exception as exc:  # the converter raises its own error classes, not RuntimeError
+        raise Unavailable(f"OpenVINO {ov.__version__} cannot convert {onnx_path.name}: "
+                          f"{str(exc).strip().splitlines()[-1]}; the opset-23 RotaryEmbedding and Attention "
+                          "ops need openvino>=2026.4") from None
+    ov.save_model(model, xml, compress_to_fp16=compress_to_fp16)
+
+
+def _sha256(onnx_path: Path) -> str:
+    return artifacts.read_manifest(onnx_path)["files"][onnx_path.name]["sha256"]
+
+
+def _manifest(loaded: LoadedModel, precision: str, profile: Profile, onnx_path: Path, options: dict) -> dict:
+    return {
+        "kind": "openvino-ir",
+        "variant": loaded.variant.name,
+        "precision": precision,
+        "inference_precision": inference_precision(precision),
+        "device": cpu_name(),  # where the parity below was proven
+        "weights": loaded.source.as_dict(),
+        "options": options,
+        "source_onnx": {"path": str(onnx_path), "sha256": _sha256(onnx_path)},
+        "profile": {"name": profile.name, "path": str(profile.path) if profile.path else None},
+        "versions": versions(("pe-export", "torch", "onnx", "openvino")),
+    }
