@@ -129,9 +129,9 @@ def reference_outputs(module: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
 
 
 def artifact_parity(path: Path, reference: np.ndarray, inputs: ParityInputs, threshold: float | None = None,
-                    threads: int | None = None, backend: str | None = None) -> ParityRow:
-    """One artifact run on `inputs` (on `backend`, by default the one for its file type) and scored
-    against the reference outputs for them.
+                    threads: int | None = None, backend: str | None = None, chunk: int = CHUNK) -> ParityRow:
+    """One artifact run on `inputs` (on `backend`, by default the one for its file type), `chunk` images
+    at a time unless its batch is static, and scored against the reference outputs for them.
 
     The gate is the token cosine mean against `threshold` (default: the precision's).
     """
@@ -145,7 +145,7 @@ def artifact_parity(path: Path, reference: np.ndarray, inputs: ParityInputs, thr
                          note=f"{precision.name} cannot run on {chosen.runtime} {'GPU' if chosen.gpu else 'CPU'}")
     with open_runner(path, backend=chosen.name, threads=threads) as runner:
         static = manifest.get("options", {}).get("batch")
-        candidate = run_in_chunks(runner.run, inputs.batch, static if isinstance(static, int) else CHUNK)
+        candidate = run_in_chunks(runner.run, inputs.batch, static if isinstance(static, int) else chunk)
     if candidate.shape != reference.shape:
         raise UsageError(f"{path.name} gives {candidate.shape}, the torch reference {reference.shape}: is it for this variant?")
     figures = compare(reference, candidate)
