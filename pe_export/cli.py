@@ -451,6 +451,7 @@ def bench(
     seconds: Annotated[Optional[float], typer.Option(help="Time each row for this long instead of --iters.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch, onnxruntime and OpenVINO.", min=1)] = None,
     cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="TensorRT rows: capture one CUDA graph per batch size and time its replay.")] = False,
+    interleave: Annotated[bool, typer.Option("--interleave", help="Keep every runner open and time them round-robin, so all rows see the same machine load (rows then come batch by batch).")] = False,
     device: Annotated[str, DEVICE.option(help="Where the torch backends run (GPU timing with CUDA events).")] = "cpu",
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON (schema pe-export/latency/1).")] = None,
     md_path: Annotated[Optional[Path], typer.Option("--md", help="Write the report as a Markdown table.")] = None,
@@ -476,6 +477,7 @@ def bench(
         settings = BenchSettings(
             backends=_csv(backends), precisions=_csv(precision), batches=[int(b) for b in _csv(batch)],
             warmup=warmup, iters=iters, seconds=seconds, threads=threads, device=device, cuda_graph=cuda_graph,
+            interleave=interleave,
         )
     except (ValidationError, ValueError) as exc:
         raise UsageError(f"bad bench settings: {_first_error(exc)}") from None
