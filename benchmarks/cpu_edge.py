@@ -11,8 +11,9 @@ targets of issue 13 are checked, and whether the profile's `deploy` is the faste
     python benchmarks/cpu_edge.py --variant PE-Spatial-T16-512 --batches 1,2 --iters 5   # a quick check
 
 The ONNX files are made in this process (or reused while their manifests match); the IR exports run
-in their own processes; then every runner is timed round-robin in this process at the same thread
-count, so all of them see the same machine load. Writes cpu_edge_<variant>.json and .md under --out.
+in their own processes; then `bench --interleave` times every runner round-robin in this process at
+the same thread count, so all of them see the same machine load. Writes cpu_edge_<variant>.json and
+.md under --out.
 """
 
 from __future__ import annotations
@@ -21,41 +22,27 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pe_export.bench.latency import summarize, wall_ms
+from pe_export.bench.bench import BenchSettings, bench_rows
 from pe_export.model import load_model
 from pe_export.model.head import OutputHead
 from pe_export.openvino.ir import ir_path
 from pe_export.precision.profiles import cpu_profile, find_profile
 from pe_export.precision.quantize import precision_onnx
-from pe_export.report import LatencyMs
+from pe_export.report import LatencyRow
 from pe_export.runners import BACKENDS, Runner, open_runner
 from pe_export.runners.device import cpu_name
-from pe_export.validate import BENCH_SEED, compare, seeded_batch, synthetic_inputs
+from pe_export.validate import ParityFigures, compare, synthetic_inputs
 from pe_export.versions import versions
 from precision_table import run_measured
 
 # issue 13's targets for the best path pe-export ships (batch 1 against torch eager fp32, same run)
 MAX_RATIO, MIN_COSINE = 0.25, 0.999
 MAX_IR_SECONDS, MAX_IR_RSS_OVER_WEIGHTS = 120, 2.5
-
-
-@dataclass
-class Route:
-    runtime: str
-    precision: str
-    runner: Runner
-    cosine_mean: float = 1.0
-    cosine_min: float = 1.0
-
-    @property
-    def name(self) -> str:
-        return f"{self.runtime} {self.precision}"
 
 
 def main() -> None:
@@ -77,21 +64,33 @@ def main() -> None:
     profile = find_profile(args.profile) if args.profile else cpu_profile(variant.name)
     print(f"{variant.name} on {cpu_name()}, profile {profile.name}", flush=True)
     onnx = {p: precision_onnx(loaded, p, profile, progress=_say) for p in ("fp32", "int8")}
-
-    ir_precisions = [p for p in ("fp32", "bf16", "int8") if BACKENDS["openvino"].runs(p)]
-    costs = {p: _ir_cost(args, variant, profile, p) for p in ir_precisions}
+    costs = {p: _ir_cost(args, variant, profile, p) for p in ("fp32", "bf16", "int8") if BACKENDS["openvino"].runs(p)}
 
     head = OutputHead(loaded.model, variant.default_output).eval()
-    paths = [Route("torch", "fp32", open_runner(head)), Route("torch", "bf16", open_runner(head, precision="bf16"))]
-    paths += [Route("onnxruntime", p, open_runner(onnx[p], threads=args.threads)) for p in onnx]
-    paths += [Route("openvino", p, open_runner(ir_path(variant, profile, p), threads=args.threads))
-              for p in ir_precisions if costs[p]["ok"]]
-    _parity(paths, synthetic_inputs(variant, args.parity_samples).batch)
-    batches = [int(b) for b in args.batches.split(",")]
-    stats = {b: _timed_rounds(paths, seeded_batch(variant, b, BENCH_SEED), args.warmup,
-                              args.iters if b == 1 else args.batched_iters) for b in batches}
+    parity_batch = synthetic_inputs(variant, args.parity_samples).batch
+    reference = _one_by_one(open_runner(head), parity_batch)
+    cosines: dict[tuple[str, str], ParityFigures] = {}
 
-    report = _report(args, variant, profile, paths, batches, stats, costs)
+    def open_scored(backend: str, precision: str) -> Runner:
+        """The runner of a path, scored against torch fp32 the first time it is opened."""
+        source = {"torch": head, "onnxruntime": onnx.get(precision), "openvino": ir_path(variant, profile, precision)}
+        runner = open_runner(source[backend], backend=backend, precision=precision if backend == "torch" else None,
+                             threads=args.threads)
+        if (backend, precision) not in cosines:
+            cosines[backend, precision] = compare(reference, _one_by_one(runner, parity_batch))
+        return runner
+
+    built = ["torch", "onnxruntime", *(["openvino"] if all(c["ok"] for c in costs.values()) else [])]
+    batches = [int(b) for b in args.batches.split(",")]
+    rows = []
+    for chosen, iters in ((batches[:1], args.iters), (batches[1:], args.batched_iters)):
+        if chosen:
+            _say(f"timing batch {', '.join(map(str, chosen))}: {args.warmup} warm-up and {iters} rounds of every path")
+            settings = BenchSettings(backends=built, precisions=["fp32", "bf16", "int8"], batches=chosen,
+                                     warmup=args.warmup, iters=iters, threads=args.threads, interleave=True)
+            rows += list(bench_rows(loaded, settings, open_scored))
+
+    report = _report(args, variant, profile, rows, cosines, batches, costs)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"cpu_edge_{variant.name}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
@@ -118,38 +117,23 @@ def _ir_cost(args, variant, profile, precision: str) -> dict:
             "inference_precision": manifest.get("inference_precision")}
 
 
-def _parity(paths: list[Route], batch: np.ndarray) -> None:
-    """Token cosine of every path against torch fp32 (the first path), image by image."""
-    reference = np.concatenate([paths[0].runner.run(x[None]) for x in batch])
-    for path in paths[1:]:
-        figures = compare(reference, np.concatenate([path.runner.run(x[None]) for x in batch]))
-        path.cosine_mean, path.cosine_min = figures.cosine_mean, figures.cosine_min
+def _one_by_one(runner: Runner, batch: np.ndarray) -> np.ndarray:
+    return np.concatenate([runner.run(x[None]) for x in batch])
 
 
-def _timed_rounds(paths: list[Route], batch: np.ndarray, warmup: int, iters: int) -> dict[str, LatencyMs]:
-    """Round-robin: each round runs every path once, so all of them see the same machine load."""
-    _say(f"timing batch {len(batch)}: {warmup} warm-up and {iters} timed rounds of {len(paths)} paths")
-    for path in paths:
-        for _ in range(warmup):
-            path.runner.run(batch)
-    samples: dict[str, list[float]] = {path.name: [] for path in paths}
-    for _ in range(iters):
-        for path in paths:
-            samples[path.name].append(wall_ms(lambda: path.runner.run(batch)))
-    return {name: summarize(s) for name, s in samples.items()}
-
-
-def _report(args, variant, profile, paths: list[Route], batches: list[int], stats, costs: dict) -> dict:
-    base = {b: stats[b]["torch fp32"] for b in batches}
+def _report(args, variant, profile, latency: list[LatencyRow], cosines: dict, batches: list[int], costs: dict) -> dict:
+    timed = {(r.backend, r.precision, r.batch): r for r in latency}
     rows = []
-    for path in paths:
-        threshold = profile.threshold(path.precision)
+    for backend, precision in cosines:
+        threshold, figures = profile.threshold(precision), cosines[backend, precision]
+        row = {b: timed[backend, precision, b] for b in batches}
         rows.append({
-            "runtime": path.runtime, "precision": path.precision, "threshold": threshold,
-            "cosine_mean": path.cosine_mean, "cosine_min": path.cosine_min, "passes": path.cosine_mean >= threshold,
-            "latency_ms": {b: stats[b][path.name].model_dump() for b in batches},
-            "ratio_vs_torch_fp32": {b: stats[b][path.name].p50 / base[b].p50 for b in batches},
-            "throughput_ips": {b: b * 1e3 / stats[b][path.name].mean for b in batches},
+            "runtime": backend, "precision": precision, "threshold": threshold,
+            "cosine_mean": figures.cosine_mean, "cosine_min": figures.cosine_min,
+            "passes": figures.cosine_mean >= threshold,
+            "latency_ms": {b: r.latency_ms.model_dump() for b, r in row.items()},
+            "ratio_vs_torch_fp32": {b: r.latency_ms.p50 / timed["torch", "fp32", b].latency_ms.p50 for b, r in row.items()},
+            "throughput_ips": {b: r.throughput_ips for b, r in row.items()},
         })
     return {
         "schema": "pe-export/cpu-edge/1", "variant": variant.name, "device": cpu_name(), "versions": versions(
