@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     name="pe-export",
-    help="Export Meta's Perception Encoder (PE) vision towers to ONNX, precision variants and TensorRT engines.",
+    help="Export Meta's Perception Encoder (PE) vision towers to ONNX, precision variants, TensorRT engines and OpenVINO IR.",
     add_completion=False,
     pretty_exceptions_enable=False,
 )
