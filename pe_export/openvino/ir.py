@@ -63,7 +63,9 @@ def openvino_variant(
     if output:
         artifacts.prepare_destination(Path(output))
     progress("loading weights")
-    return _make_ir(source.load(), precision, chosen, calib, samples, output, progress, owns_weights=True)
+    loaded = source.load()
+    onnx_path = precision_onnx(loaded, source_precision(precision), chosen, calib, samples, progress)
+    return _make_ir(loaded, precision, chosen, onnx_path, output, progress, owns_weights=True)
 
 
 def ensure_ir(loaded: LoadedModel, precision: str, profile: Profile,
@@ -83,13 +85,12 @@ def ensure_ir(loaded: LoadedModel, precision: str, profile: Profile,
     ):
         progress(f"reusing {path}")
         return PrecisionResult(path, manifest, ParityRow.recorded(manifest["parity"]))
-    return _make_ir(loaded, precision, profile, None, None, path, progress, owns_weights=False)
+    return _make_ir(loaded, precision, profile, onnx_path, path, progress, owns_weights=False)
 
 
-def _make_ir(loaded: LoadedModel, precision: str, profile: Profile, calib: str | None, samples: int | None,
-             output: Path | None, progress: Callable[[str], None], owns_weights: bool) -> PrecisionResult:
+def _make_ir(loaded: LoadedModel, precision: str, profile: Profile, onnx_path: Path, output: Path | None,
+             progress: Callable[[str], None], owns_weights: bool) -> PrecisionResult:
     start = time.perf_counter()
-    onnx_path = precision_onnx(loaded, source_precision(precision), profile, calib, samples, progress)
     options = artifacts.read_manifest(onnx_path)["options"]
     path = Path(output) if output else ir_path(loaded.variant, profile, precision)
     artifacts.prepare_destination(path)
