@@ -48,7 +48,7 @@ def main() -> None:
         "quantization": {"int8": {"exclude": ["^conv1/"]}, "fp8": {"exclude": ["^conv1/"]}},
     }))
     fp32 = folder / f"{variant.name}.fp32.onnx"
-    cost = {"fp32": _run([sys.executable, "-m", "pe_export.cli", "onnx", "-v", variant.name, "--random-init",
+    cost = {"fp32": run_measured([sys.executable, "-m", "pe_export.cli", "onnx", "-v", variant.name, "--random-init",
                           "--target", "ort", "-o", str(fp32)]) if args.fresh or not fp32.exists() else {"seconds": None, "ok": True}}
     paths = {"fp32": fp32}
     for precision in PRECISIONS:
@@ -57,7 +57,7 @@ def main() -> None:
         if precision not in args.make.split(",") and path.exists():
             cost[precision] = {"seconds": None, "ok": True}  # made by an earlier run; its manifest has the figures
             continue
-        cost[precision] = _run([sys.executable, "-m", "pe_export.cli", "quantize", "-v", variant.name, "--random-init",
+        cost[precision] = run_measured([sys.executable, "-m", "pe_export.cli", "quantize", "-v", variant.name, "--random-init",
                                 "--precision", precision, "--profile", str(profile), "-o", str(path)])
 
     runnable = {p: path for p, path in paths.items() if TABLE[p].runs_on_ort_cpu and path.exists()}
@@ -96,7 +96,7 @@ def main() -> None:
               f"{f(r['max_abs'], '.3g')} | {r['make_seconds']} | {f(r['make_peak_rss_gib'], '.2f')} |")
 
 
-def _run(command: list[str]) -> dict:
+def run_measured(command: list[str]) -> dict:
     """Run one CLI step in its own process: its wall time and the peak RSS of its process tree."""
     start = time.perf_counter()
     with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as process:

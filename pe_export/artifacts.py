@@ -34,7 +34,8 @@ def prepare_destination(path: Path) -> None:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
-        raise UsageError(f"cannot write to {existing}: {exc.strerror}; choose another path with -o") from exc
+        what = f"cannot write to {existing}" if existing == path.parent else f"cannot create the output folder {path.parent}"
+        raise UsageError(f"{what}: {exc.strerror}; choose another path with -o") from exc
 
 
 @contextmanager

@@ -30,6 +30,7 @@ from pe_export.precisions import PRECISIONS
 from pe_export.report import CompareMode
 from pe_export.runners import BACKENDS
 from pe_export.runners.device import Device
+from pe_export.runners.openvino import INFERENCE_PRECISION
 from pe_export.serving import InstanceKind
 from pe_export.variants import OutputKind
 
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     name="pe-export",
-    help="Export Meta's Perception Encoder (PE) vision towers to ONNX, precision variants and TensorRT engines.",
+    help="Export Meta's Perception Encoder (PE) vision towers to ONNX, precision variants, TensorRT engines and OpenVINO IR.",
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -95,6 +96,7 @@ DEVICE = Choice("device", tuple(get_args(Device)))
 COMPARE = Choice("comparison", tuple(get_args(CompareMode)))
 INSTANCE_KIND = Choice("instance kind", tuple(get_args(InstanceKind)))
 HARDWARE_COMPAT = Choice("hardware compatibility", tuple(get_args(HardwareCompat)))
+OPENVINO_PRECISION = Choice("precision", tuple(INFERENCE_PRECISION))
 
 
 def model_command(command: Callable[..., None]) -> Callable[..., None]:
@@ -393,6 +395,39 @@ def trt(
         console.print(f"[yellow]note[/] {note}", highlight=False, soft_wrap=True)
 
 
+@app.command("openvino")
+@model_command
+def openvino_ir(
+    source: ModelSource,
+    precision: Annotated[Optional[str], OPENVINO_PRECISION.option(help="fp32, bf16 (where the CPU has bf16 units) or int8 (from the Q/DQ ONNX). Default: the profile's OpenVINO precision, else fp32.")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="Profile name or YAML file: export options, calibration, parity thresholds. Default: the onnxruntime export, default calibration.")] = None,
+    calib: Annotated[Optional[str], typer.Option(help="Calibration images for int8 (folder, glob or 'synthetic'). Overrides the profile.")] = None,
+    samples: Annotated[Optional[int], typer.Option(help="Calibration sample count. Overrides the profile.", min=1)] = None,
+    output: Annotated[Optional[Path], typer.Option("--output-path", "-o", help="The .xml to write (the .bin goes beside it). Default: beside the fp32 ONNX, named .<precision>.xml")] = None,
+) -> None:
+    """Write an OpenVINO IR (.xml/.bin) from the fp32 or int8 Q/DQ ONNX (made or reused), proven on OpenVINO
+    against torch fp32 before it is written.
+
+    fp32 computes in f32; bf16 is the fp32 graph compiled for the CPU's bf16 units (fp16 weights in
+    the file); int8 runs the Q/DQ GEMMs in int8 and the rest at OpenVINO's default for the CPU (bf16
+    where it has it). Without OpenVINO, or bf16 on a CPU without bf16 units: exit code 3, nothing written.
+
+    Example: pe-export openvino -v L14 --checkpoint PE-Lang-L14-448.pt --profile pe-lang-l14-cpu-edge
+    """
+    from pe_export.openvino.ir import openvino_variant
+
+    with console.status("checking the request") as status:
+        result = openvino_variant(source, precision, profile=profile, calib=calib, samples=samples, output=output,
+                                  progress=status.update)
+    m, row = result.manifest, result.parity
+    size = sum(f["bytes"] for f in m["files"].values()) / 2**20
+    console.print(f"[green]wrote[/] {result.path} ({m['precision']}, float ops in {m['inference_precision']}, "
+                  f"{size:.1f} MiB, OpenVINO {m['versions']['openvino']}, {m['seconds']} s, "
+                  f"peak RSS {m['peak_rss_mb'] / 1024:.2f} GiB)")
+    console.print(f"parity vs torch fp32 (OpenVINO CPU): token cosine mean {row.cosine_mean:.5f} "
+                  f"(min {row.cosine_min:.5f}), max abs {row.max_abs:.3g}, threshold {row.threshold}")
+
+
 @app.command()
 def triton(
     artifact: Annotated[Path, typer.Argument(help="An ONNX file (any precision) or a TensorRT engine made by pe-export.")],
@@ -437,6 +472,7 @@ def profiles(as_json: JsonOpt = False) -> None:
         p = load_profile(path)
         records.append({"name": p.name, "variant": p.variant, "target": p.export.target,
                         "batch": [p.batch.min, p.batch.opt, p.batch.max], "precisions": p.precisions,
+                        "deploys": f"{p.deploy.runtime} {p.deploy.precision}" if p.deploy else "",
                         "from": origin, "file": str(path)})
     _print_table("profiles", records, as_json, {"batch": lambda b: "/".join(map(str, b)), "precisions": ", ".join})
 
@@ -454,10 +490,11 @@ def _progress() -> Progress:
 @model_command
 def parity(
     source: ModelSource,
-    artifacts: Annotated[Optional[list[Path]], typer.Argument(help="ONNX files or engines. Default: every artifact with a manifest under artifacts/<variant>/.")] = None,
+    artifacts: Annotated[Optional[list[Path]], typer.Argument(help="ONNX files, OpenVINO IR (.xml) or engines. Default: every artifact with a manifest under artifacts/<variant>/.")] = None,
+    backends: Annotated[Optional[str], typer.Option(help=f"Comma list of {', '.join(BACKENDS)}: run each artifact on each of them that opens its file type. Default: the backend of its file type.")] = None,
     images: Annotated[Optional[Path], typer.Option(help="A folder of images (adds top-1 retrieval agreement).")] = None,
     synthetic: Annotated[int, typer.Option(help="Seeded synthetic inputs when no --images.", min=1)] = 8,
-    threads: Annotated[Optional[int], typer.Option(help="Threads for onnxruntime CPU.", min=1)] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Threads for onnxruntime and OpenVINO on the CPU.", min=1)] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON (schema pe-export/parity/1).")] = None,
     md_path: Annotated[Optional[Path], typer.Option("--md", help="Write the report as a Markdown table.")] = None,
 ) -> None:
@@ -467,19 +504,25 @@ def parity(
     --images, top-1 retrieval agreement. Thresholds per precision (token cosine mean):
     THRESHOLDS.
 
-    Example: pe-export parity -v L14 --random-init artifacts/PE-Lang-L14-448/*.onnx --images photos/
+    Example: pe-export parity -v L14 --random-init artifacts/PE-Lang-L14-448/*.onnx --backends onnxruntime,openvino
     """
-    from pe_export.bench.parity import artifacts_to_score, parity_inputs, run_parity
+    from pe_export.bench.parity import (artifact_backends, artifacts_to_score, default_artifacts, parity_inputs,
+                                        run_parity)
     from pe_export.variants import get_variant
 
+    # backends, inputs and artifacts are all checked before the weights load
     variant = get_variant(source.variant)
+    chosen = _csv(backends or "")
+    paths = list(artifacts or ()) or default_artifacts(variant.name)
+    pairs = artifact_backends(paths, chosen)
     inputs = parity_inputs(variant, images, synthetic)
-    paths = artifacts_to_score(variant, artifacts or ())
+    paths = artifacts_to_score(variant, paths)
     with stages("loading weights"):
         loaded = source.load()
     with _progress() as bar:
-        task = bar.add_task("parity", total=len(paths))
-        report = run_parity(loaded, paths, threads=threads, on_row=lambda row: bar.advance(task), inputs=inputs)
+        task = bar.add_task("parity", total=len(pairs))
+        report = run_parity(loaded, paths, threads=threads, on_row=lambda row: bar.advance(task), inputs=inputs,
+                            backends=chosen)
     _finish(report, json_path, md_path)
     if any(row.passed is False for row in report.results):
         raise typer.Exit(1)
@@ -499,9 +542,10 @@ def bench(
     warmup: Annotated[int, typer.Option(help="Untimed runs before timing.", min=0)] = 2,
     iters: Annotated[int, typer.Option(help="Timed runs per row.", min=1)] = 10,
     seconds: Annotated[Optional[float], typer.Option(help="Time each row for this long instead of --iters.")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch and onnxruntime.", min=1)] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch, onnxruntime and OpenVINO.", min=1)] = None,
     cuda_graph: Annotated[bool, flag("--cuda-graph", help="TensorRT rows: capture one CUDA graph per batch size and time its replay.")] = False,
     profile: Annotated[Optional[str], typer.Option(help="TensorRT rows: the profile whose engines are timed (its batch range widened to --batch).")] = None,
+    interleave: Annotated[bool, flag("--interleave", help="Keep every runner open and time them round-robin, so all rows see the same machine load (rows then come batch by batch).")] = False,
     device: Annotated[str, DEVICE.option(help="Where the torch backends run (GPU timing with CUDA events).")] = "cpu",
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON (schema pe-export/latency/1).")] = None,
     md_path: Annotated[Optional[Path], typer.Option("--md", help="Write the report as a Markdown table.")] = None,
@@ -512,7 +556,10 @@ def bench(
 ) -> None:
     """Measure latency (min/mean/p50/p90/p95/p99), throughput and peak memory per backend, precision and batch.
 
-    Example: pe-export bench -v L14 --random-init --backends torch,onnxruntime --batch 1,4 --json lat.json
+    torch fp16/bf16 run under autocast (what a user gets without exporting anything); OpenVINO runs
+    its IR, made on demand like the ONNX files; pairs a backend cannot compute here are skipped and listed.
+
+    Example: pe-export bench -v L14 --random-init --backends torch,onnxruntime,openvino --precision fp32,bf16,int8 --batch 1,8
     """
     from pydantic import ValidationError
 
@@ -525,6 +572,7 @@ def bench(
             backends=_csv(backends), precisions=_csv(precision), batches=_bench_sizes(batch),
             warmup=warmup, iters=iters, seconds=seconds, threads=threads, device=device, cuda_graph=cuda_graph,
             profile=profile,
+            interleave=interleave,
         )
     except (ValidationError, ValueError) as exc:
         raise UsageError(f"bad bench settings: {_first_error(exc)}") from None

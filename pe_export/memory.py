@@ -7,6 +7,10 @@ import ctypes.util
 import gc
 import resource
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
@@ -22,6 +26,19 @@ def release_memory() -> None:
         ctypes.CDLL(libc_name).malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+def free_weights(module: "torch.nn.Module") -> None:
+    """Give the weights' memory back now, whoever still refers to the tensors.
+
+    Exporters keep values that wrap the parameters (torch's ONNX exporter does, from its surviving
+    graph), so deleting the module alone frees nothing. Swapping each tensor's data for an empty one does.
+    """
+    import torch
+
+    for tensor in [*module.parameters(), *module.buffers()]:
+        tensor.data = torch.empty(0, dtype=tensor.dtype)
+    release_memory()
 
 
 def reset_peak_rss() -> bool:

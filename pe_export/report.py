@@ -58,6 +58,11 @@ class ParityRow(BaseModel):
     retrieval_top1: Optional[float] = None
     note: Optional[str] = None
 
+    @classmethod
+    def recorded(cls, data: dict) -> "ParityRow":
+        """The row an artifact's manifest recorded, without the fields the manifest adds (inputs)."""
+        return cls(**{k: v for k, v in data.items() if k in cls.model_fields})
+
 
 class Report(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)

@@ -15,7 +15,7 @@ from pe_export import artifacts
 from pe_export.errors import UsageError
 from pe_export.precisions import get_precision
 from pe_export.report import ParityRow
-from pe_export.runners import ARTIFACT_SUFFIXES, open_runner
+from pe_export.runners import ARTIFACT_SUFFIXES, BACKENDS, default_backend, open_runner
 from pe_export.variants import Variant
 
 # One seed per purpose, so the inputs that prove an export, score an artifact and time a runner
@@ -145,15 +145,18 @@ def missing_external_data(model: onnx.ModelProto, path: Path) -> list[tuple[str,
 def check_artifact(path: Path, variant: Variant) -> None:
     """Refuse, before any weights are loaded, an artifact that cannot be scored for this variant."""
     if path.suffix not in ARTIFACT_SUFFIXES:
-        raise UsageError(f"unknown artifact type {path.suffix!r} ({path}); expected .onnx, .engine or .plan")
+        raise UsageError(f"unknown artifact type {path.suffix!r} ({path}); expected {', '.join(ARTIFACT_SUFFIXES)}")
     if not path.is_file():
         raise UsageError(f"artifact not found: {path}")
     made_for = (artifacts.read_manifest(path) or {}).get("variant", variant.name)
     if made_for != variant.name:
         raise UsageError(f"{path.name} was made for {made_for}, not {variant.name}; pass --variant {made_for}")
+    if path.suffix == ".xml" and not path.with_suffix(".bin").is_file():
+        raise UsageError(f"{path.name}: its weights {path.with_suffix('.bin').name} are missing; "
+                         "copy them beside it or convert again with `pe-export openvino`")
     if path.suffix != ".onnx":
         if path.stat().st_size == 0:
-            raise UsageError(f"{path} is empty (0 bytes); build it again with `pe-export trt`")
+            raise UsageError(f"{path} is empty (0 bytes); make it again with pe-export")
         return
     model = read_onnx(path)
     missing = missing_external_data(model, path)
@@ -181,13 +184,13 @@ def run_in_chunks(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, ch
     return np.concatenate(outputs)
 
 
-def _chunk(manifest: dict) -> int:
-    """Images per run for an artifact: its static batch, or CHUNK brought inside an engine's batch range."""
+def _chunk(manifest: dict, chunk: int) -> int:
+    """Images per run for an artifact: its static batch, or `chunk` brought inside an engine's batch range."""
     static = manifest.get("options", {}).get("batch")
     if isinstance(static, int):
         return static
     settings = manifest.get("settings", {})  # engines: the optimization profile's range
-    return min(max(CHUNK, settings.get("batch_min", 1)), settings.get("batch_max", CHUNK))
+    return min(max(chunk, settings.get("batch_min", 1)), settings.get("batch_max", chunk))
 
 
 def reference_outputs(module: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
@@ -197,28 +200,29 @@ def reference_outputs(module: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
 
 
 def artifact_parity(path: Path, reference: np.ndarray, inputs: ParityInputs, threshold: float | None = None,
-                    threads: int | None = None) -> ParityRow:
-    """One artifact run on `inputs` and scored against the reference outputs for them.
+                    threads: int | None = None, backend: str | None = None, chunk: int = CHUNK) -> ParityRow:
+    """One artifact run on `inputs` (on `backend`, by default the one for its file type), `chunk` images
+    at a time unless its batch is static, and scored against the reference outputs for them.
 
     The gate is the token cosine mean against `threshold` (default: the precision's).
     """
     manifest = artifacts.read_manifest(path) or {}
     precision = get_precision(manifest.get("precision", "fp32"))
     threshold = precision.threshold if threshold is None else threshold
-    if path.suffix == ".onnx" and not precision.runs_on_ort_cpu:
-        return ParityRow(artifact=path.name, backend="onnxruntime", precision=precision.name, cosine_mean=None,
+    chosen = BACKENDS[backend] if backend else default_backend(path)
+    if not chosen.runs(precision.name):
+        return ParityRow(artifact=path.name, backend=chosen.name, precision=precision.name, cosine_mean=None,
                          cosine_min=None, max_abs=None, rel_l2=None, threshold=threshold, passed=None,
-                         note=f"{precision.name} cannot run on onnxruntime CPU")
-    with open_runner(path, threads=threads) as runner:
-        candidate = run_in_chunks(runner.run, inputs.batch, _chunk(manifest))
-        backend = runner.backend
+                         note=f"{precision.name} cannot run on {chosen.runtime} {'GPU' if chosen.gpu else 'CPU'}")
+    with open_runner(path, backend=chosen.name, threads=threads) as runner:
+        candidate = run_in_chunks(runner.run, inputs.batch, _chunk(manifest, chunk))
     if candidate.shape != reference.shape:
         raise UsageError(f"{path.name} gives {candidate.shape}, the torch reference {reference.shape}: is it for this variant?")
     figures = compare(reference, candidate)
     ref_pooled, cand_pooled = pooled_features(reference), pooled_features(candidate)
     top1 = retrieval_agreement(ref_pooled, cand_pooled) if inputs.real_images and len(inputs.names) >= 3 else None
     return ParityRow(
-        artifact=path.name, backend=backend, precision=precision.name, cosine_mean=figures.cosine_mean,
+        artifact=path.name, backend=chosen.name, precision=precision.name, cosine_mean=figures.cosine_mean,
         cosine_min=figures.cosine_min, max_abs=figures.max_abs, rel_l2=figures.rel_l2, threshold=threshold,
         passed=figures.cosine_mean >= threshold, pooled_cosine=compare(ref_pooled, cand_pooled).cosine_mean,
         retrieval_top1=top1,

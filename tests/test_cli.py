@@ -117,13 +117,20 @@ def test_parity_and_bench_commands(fixtures, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     ckpt = str(fixtures.checkpoint("PE-Spatial-T16-512"))
     code, out, _ = run(capsys, "bench", "-v", "PE-Spatial-T16-512", "-c", ckpt, "--batch", "1", "--iters", "2",
-                       "--warmup", "0", "--json", "lat.json", "--md", "lat.md", "--plot", "lat.png")
-    assert code == 0 and "| onnxruntime | fp32 | 1 |" in out
-    assert json.loads((tmp_path / "lat.json").read_text())["schema"] == "pe-export/latency/1"
+                       "--warmup", "0", "--backends", "torch,onnxruntime,openvino", "--precision", "fp32,bf16",
+                       "--json", "lat.json", "--md", "lat.md", "--plot", "lat.png")
+    assert code == 0 and "| onnxruntime | fp32 | 1 |" in out and "| torch | bf16 | 1 |" in out
+    assert "| openvino | fp32 | 1 |" in out and "| onnxruntime | bf16 |" not in out  # no bf16 kernels: skipped
+    report = json.loads((tmp_path / "lat.json").read_text())
+    assert report["schema"] == "pe-export/latency/1" and "onnxruntime bf16" in report["settings"]["skipped"]
     assert (tmp_path / "lat.png").read_bytes()[:4] == b"\x89PNG"
-    # the bench exported artifacts/<variant>/<variant>.ort.onnx; parity finds it by default
-    code, out, _ = run(capsys, "parity", "-v", "PE-Spatial-T16-512", "-c", ckpt, "--synthetic", "2", "--json", "p.json")
-    assert code == 0 and "PE-Spatial-T16-512.ort.onnx" in out and "pass" in out
+    # the bench made artifacts/<variant>/<variant>.ort.onnx and its IR; parity finds them by default
+    code, out, _ = run(capsys, "parity", "-v", "PE-Spatial-T16-512", "-c", ckpt, "--synthetic", "2", "--json", "p.json",
+                       "--backends", "onnxruntime,openvino")
+    rows = {(r["artifact"], r["backend"]): r["passed"] for r in json.loads((tmp_path / "p.json").read_text())["results"]}
+    assert code == 0 and rows[("PE-Spatial-T16-512.ort.onnx", "onnxruntime")] is True
+    assert rows[("PE-Spatial-T16-512.ort.onnx", "openvino")] is rows[("PE-Spatial-T16-512.ort.fp32.xml", "openvino")] is True
+    assert ("PE-Spatial-T16-512.ort.fp32.xml", "onnxruntime") not in rows
     # against a baseline 100x faster (a cold first run on a busy machine is no match), the gate fails and names the row
     data = json.loads((tmp_path / "lat.json").read_text())
     for row in data["results"]:
@@ -150,6 +157,9 @@ def test_parity_with_wrong_weights_exits_1(capsys, monkeypatch, tmp_path):
         (["bench", "-v", "PE-Spatial-T16-512", "--random-init", "--baseline", "/no/file.json"], "cannot use /no/file.json as a baseline"),
         (["parity", "-v", "PE-Spatial-T16-512", "--random-init", "/no/model.onnx"], "artifact not found"),
         (["parity", "-v", "PE-Spatial-T16-512", "--random-init", "--images", "/no/folder", "/no/model.onnx"], "no images"),
+        (["parity", "-v", "PE-Spatial-T16-512", "--random-init", "--backends", "tvm", "m.onnx"], "unknown backend(s) tvm"),
+        (["parity", "-v", "PE-Spatial-T16-512", "--random-init", "--backends", "tensorrt", "m.onnx"],
+         "none of the 1 artifact(s) runs on tensorrt"),
     ],
 )
 def test_harness_bad_input(capsys, args, message):
@@ -253,3 +263,29 @@ def test_ctrl_c_says_interrupted_and_leaves_nothing(tmp_path):
     _, err = run_.communicate(timeout=120)
     assert run_.returncode == 130 and err.strip() == "error: interrupted"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_openvino_command(fixtures, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "out" / "sp.xml"
+    code, out, _ = run(capsys, "openvino", "-v", "PE-Spatial-T16-512", "-c", str(fixtures.checkpoint("PE-Spatial-T16-512")),
+                       "--precision", "fp32", "-o", str(path))
+    assert code == 0 and f"wrote {path} (fp32, float ops in f32" in out and "token cosine mean 1.00000" in out
+    assert sorted(p.name for p in path.parent.iterdir()) == ["sp.bin", "sp.xml", "sp.xml.json"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["openvino", "-v", "PE-Spatial-T16-512", "--random-init", "--precision", "fp8"],
+         "unknown precision 'fp8'; choose one of: fp32, bf16, int8"),
+        (["openvino", "-v", "PE-Spatial-T16-512", "--random-init", "--profile", "pe-lang-l14-cpu-edge"],
+         "profile pe-lang-l14-cpu-edge is for PE-Lang-L14-448, not PE-Spatial-T16-512"),
+        (["openvino", "-v", "L14", "--random-init", "--precision", "fp32", "--profile", "pe-lang-l14-jetson-orin",
+          "-o", "/proc/no/such/x.xml"], "cannot create the output folder"),
+    ],
+)
+def test_openvino_bad_input(capsys, args, message):
+    code, _, err = run(capsys, *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1

@@ -45,6 +45,11 @@ def without(monkeypatch):
      "pip install 'pe-export[quant]'"),
     ("matplotlib", ["bench", "-v", "PE-Spatial-T16-512", "--random-init", "--plot", "p.png"],
      "--plot needs matplotlib"),
+    ("openvino", ["openvino", "-v", "PE-Spatial-T16-512", "--random-init"], "pip install 'pe-export[openvino]'"),
+    ("openvino", ["bench", "-v", "PE-Spatial-T16-512", "--random-init", "--backends", "torch,openvino"],
+     "the OpenVINO runtime needs openvino"),
+    ("openvino", ["parity", "-v", "PE-Spatial-T16-512", "--random-init", "--backends", "openvino", "m.onnx"],
+     "pip install 'pe-export[openvino]'"),
 ])
 def test_missing_extras_exit_3_before_any_work(without, capsys, tmp_path, monkeypatch, hidden, args, message):
     monkeypatch.chdir(tmp_path)
@@ -54,3 +59,25 @@ def test_missing_extras_exit_3_before_any_work(without, capsys, tmp_path, monkey
     err = capsys.readouterr().err
     assert exit_info.value.code == 3 and message in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bf16_on_a_cpu_without_bf16_units_exits_3_before_any_work(capsys, tmp_path, monkeypatch):
+    from pe_export.runners import openvino
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(openvino, "cpu_capabilities", lambda: frozenset({"FP32", "INT8"}))
+    monkeypatch.setattr(ModelSource, "load", lambda *a, **k: pytest.fail("started work before checking the CPU"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["openvino", "-v", "PE-Spatial-T16-512", "--random-init", "--precision", "bf16"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 3 and "this CPU has no bf16 units" in err and list(tmp_path.iterdir()) == []
+
+
+def test_openvino_bf16_needs_no_modelopt(without):
+    """OpenVINO's bf16 IR comes from the fp32 ONNX; onnxruntime's fp16 needs ModelOpt's conversion."""
+    from pe_export.bench.bench import BenchSettings, check_request
+
+    without("modelopt")
+    check_request(BenchSettings(backends=["torch", "openvino"], precisions=["fp32", "bf16", "int8"]))
+    with pytest.raises(errors.MissingExtra, match=r"pe-export\[quant\]"):
+        check_request(BenchSettings(backends=["onnxruntime"], precisions=["fp16"]))

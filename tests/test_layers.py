@@ -21,7 +21,7 @@ RANKS = {
     "model": 5,
     "onnx": 6,
     "precision": 7,
-    "trt": 8,
+    "trt": 8, "openvino": 8,  # two runtimes' artifacts from the precision ONNX, side by side
     "serving": 9,
     "bench": 10,
     "cli": 11,

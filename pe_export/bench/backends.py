@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 from pe_export.model import LoadedModel
 from pe_export.model.head import OutputHead
-from pe_export.precision.profiles import Profile, resolve_profile
+from pe_export.openvino.ir import ensure_ir
+from pe_export.precision.profiles import cpu_profile, resolve_profile
 from pe_export.precision.quantize import precision_onnx
 from pe_export.runners import BACKENDS, Runner, open_runner
 
@@ -20,8 +21,12 @@ RunnerOpener = Callable[[str, str], Runner]
 
 def onnx_artifact(loaded: LoadedModel, precision: str, progress: Callable[[str], None]) -> Path:
     """The ONNX file of a precision under artifacts/, exported (or reused) for onnxruntime."""
-    profile = Profile(name="bench", variant=loaded.variant.name, export={"target": "ort"})
-    return precision_onnx(loaded, precision, profile, progress=progress)
+    return precision_onnx(loaded, precision, cpu_profile(loaded.variant.name), progress=progress)
+
+
+def ir_artifact(loaded: LoadedModel, precision: str, progress: Callable[[str], None]) -> Path:
+    """The OpenVINO IR of a precision under artifacts/, converted (or reused) from the same ONNX files."""
+    return ensure_ir(loaded, precision, cpu_profile(loaded.variant.name), progress).path
 
 
 def engine_artifact(loaded: LoadedModel, precision: str, settings: BenchSettings,
@@ -44,6 +49,8 @@ def runner_opener(loaded: LoadedModel, settings: BenchSettings,
             return open_runner(head, backend=backend, precision=precision, device=settings.device)
         if runtime == "onnxruntime":
             return open_runner(onnx_artifact(loaded, precision, progress), backend=backend, threads=settings.threads)
+        if runtime == "openvino":
+            return open_runner(ir_artifact(loaded, precision, progress), backend=backend, threads=settings.threads)
         return open_runner(engine_artifact(loaded, precision, settings, progress), backend=backend,
                            cuda_graph=settings.cuda_graph)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from typing import Optional
 
 import numpy as np
@@ -15,6 +16,7 @@ from pe_export.bench.latency import cuda_event_ms, summarize, wall_ms
 from pe_export.errors import Unavailable
 from pe_export.memory import peak_rss_mb, reset_peak_rss
 from pe_export.model import LoadedModel
+from pe_export.openvino.ir import source_precision
 from pe_export.precision.convert import require_tools
 from pe_export.precision.profiles import find_profile
 from pe_export.precisions import PRECISIONS
@@ -38,6 +40,7 @@ class BenchSettings(BaseModel):
     device: Device = "cpu"
     cuda_graph: bool = False  # TensorRT rows replay a captured CUDA graph
     profile: Optional[str] = None  # TensorRT rows: the profile (name or YAML) whose engines are timed
+    interleave: bool = False  # all runners open at once, timed round-robin: every row sees the same load
 
     @field_validator("backends", "precisions")
     @classmethod
@@ -54,6 +57,12 @@ class BenchSettings(BaseModel):
         used = [name for name, on in (("--cuda-graph", self.cuda_graph), ("--profile", self.profile)) if on]
         if used and "tensorrt" not in self.backends:
             raise ValueError(f"{' and '.join(used)} applies to the tensorrt backend only")
+        return self
+
+    @model_validator(mode="after")
+    def _rounds_are_counted(self) -> "BenchSettings":
+        if self.interleave and self.seconds:
+            raise ValueError("--interleave times --iters rounds; it does not take --seconds")
         return self
 
     @field_validator("batches")
@@ -80,14 +89,23 @@ def timed_iterations(run: Callable[[], object], settings: BenchSettings, tick: C
 def measure_row(runner: Runner, backend: str, precision: str, batch: np.ndarray, settings: BenchSettings,
                 tick: Callable[[], None] = lambda: None) -> LatencyRow:
     reset_peak_rss()
+    cuda = _on_cuda(settings)
+    samples = timed_iterations(lambda: runner.run(batch), settings, tick, cuda_event_ms if cuda else wall_ms)
+    return _row(backend, precision, len(batch), samples, cuda)
+
+
+def _on_cuda(settings: BenchSettings) -> bool:
     cuda = settings.device == "cuda" and torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    samples = timed_iterations(lambda: runner.run(batch), settings, tick, cuda_event_ms if cuda else wall_ms)
+    return cuda
+
+
+def _row(backend: str, precision: str, batch: int, samples: list[float], cuda: bool) -> LatencyRow:
     stats = summarize(samples)
     return LatencyRow(
-        backend=backend, precision=precision, batch=len(batch), latency_ms=stats,
-        throughput_ips=len(batch) * 1e3 / stats.mean, peak_rss_mb=round(peak_rss_mb(), 1),
+        backend=backend, precision=precision, batch=batch, latency_ms=stats,
+        throughput_ips=batch * 1e3 / stats.mean, peak_rss_mb=round(peak_rss_mb(), 1),
         gpu_memory_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None, iters=len(samples),
     )
 
@@ -99,17 +117,44 @@ def bench_rows(
     on_row: Callable[[LatencyRow], None] = lambda row: None,
     tick: Callable[[], None] = lambda: None,
 ) -> Iterator[LatencyRow]:
-    """Rows in order backend x precision x batch; a runner is opened once per backend and precision."""
-    for backend in settings.backends:
-        for precision in settings.precisions:
-            if not BACKENDS[backend].runs(precision):
-                continue
-            with open_runner(backend, precision) as runner:
-                for batch in settings.batches:
-                    inputs = seeded_batch(loaded.variant, batch, BENCH_SEED)
-                    row = measure_row(runner, backend, precision, inputs, settings, tick)
-                    on_row(row)
-                    yield row
+    """Rows in order backend x precision x batch; a runner is opened once per backend and precision.
+
+    With `interleave`, rows come batch by batch: every runner stays open, and each timed round runs
+    each of them once, so a change in the machine's load reaches all rows alike (peak RSS is then
+    that of all runners together)."""
+    pairs = [(b, p) for b in settings.backends for p in settings.precisions if BACKENDS[b].runs(p)]
+    rows = _interleaved_rows(loaded, settings, pairs, open_runner, tick) if settings.interleave else (
+        row for pair in pairs for row in _pair_rows(loaded, settings, pair, open_runner, tick))
+    for row in rows:
+        on_row(row)
+        yield row
+
+
+def _pair_rows(loaded: LoadedModel, settings: BenchSettings, pair: tuple[str, str], open_runner: RunnerOpener,
+               tick: Callable[[], None]) -> Iterator[LatencyRow]:
+    with open_runner(*pair) as runner:
+        for batch in settings.batches:
+            yield measure_row(runner, *pair, seeded_batch(loaded.variant, batch, BENCH_SEED), settings, tick)
+
+
+def _interleaved_rows(loaded: LoadedModel, settings: BenchSettings, pairs: list[tuple[str, str]],
+                      open_runner: RunnerOpener, tick: Callable[[], None]) -> Iterator[LatencyRow]:
+    with ExitStack() as stack:
+        runners = {pair: stack.enter_context(open_runner(*pair)) for pair in pairs}
+        for batch in settings.batches:
+            inputs = seeded_batch(loaded.variant, batch, BENCH_SEED)
+            reset_peak_rss()
+            cuda = _on_cuda(settings)
+            timer = cuda_event_ms if cuda else wall_ms
+            for runner in runners.values():
+                for _ in range(settings.warmup):
+                    runner.run(inputs)
+            samples: dict[tuple[str, str], list[float]] = {pair: [] for pair in runners}
+            for _ in range(settings.iters):
+                for pair, runner in runners.items():
+                    samples[pair].append(timer(lambda: runner.run(inputs)))
+                    tick()
+            yield from (_row(*pair, batch, samples[pair], cuda) for pair in runners)
 
 
 def skipped_pairs(settings: BenchSettings) -> list[str]:
@@ -156,16 +201,18 @@ def regressions(report: Report, baseline: Report, max_regression_pct: float,
 
 
 def check_request(settings: BenchSettings) -> None:
-    """Refuse, before any work, a run this machine cannot do (no GPU, a converter not installed) or a profile
-    that cannot be read."""
+    """Refuse, before any work, a run this machine cannot do (no GPU, a runtime or converter not installed)
+    or a profile that cannot be read."""
     if settings.device == "cuda" and not torch.cuda.is_available():
         raise Unavailable("--device cuda needs a CUDA GPU and a CUDA build of torch; none is available here")
     if settings.profile:
         find_profile(settings.profile)
-    for backend in settings.backends:
+    for backend in [BACKENDS[name] for name in settings.backends]:
+        backend.require()
         for precision in settings.precisions:
-            if BACKENDS[backend].runtime != "torch" and BACKENDS[backend].runs(precision):
-                require_tools(precision)
+            if backend.runtime != "torch" and backend.runs(precision):
+                # OpenVINO's fp32 and bf16 IR both come from the fp32 ONNX
+                require_tools(source_precision(precision) if backend.runtime == "openvino" else precision)
 
 
 def run_bench(

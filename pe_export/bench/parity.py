@@ -13,7 +13,7 @@ from pe_export.model import LoadedModel
 from pe_export.model.head import OutputHead
 from pe_export.model.preprocess import IMAGE_SUFFIXES, preprocess_batch
 from pe_export.report import ParityRow, Report, make_report
-from pe_export.runners import ARTIFACT_SUFFIXES
+from pe_export.runners import ARTIFACT_SUFFIXES, Backend, default_backend, get_backends
 from pe_export.runners.device import cpu_name
 from pe_export.validate import ParityInputs, artifact_parity, check_artifact, reference_outputs, synthetic_inputs
 from pe_export.variants import Variant
@@ -40,18 +40,33 @@ def parity_rows(
     thresholds: dict[str, float] | None = None,
     threads: int | None = None,
     on_row: Callable[[ParityRow], None] = lambda row: None,
+    backends: Sequence[str] = (),
 ) -> Iterator[ParityRow]:
-    """One row per artifact; the torch reference is computed once per output the artifacts carry."""
+    """One row per artifact and backend that opens it (default: the backend of its file type); the torch
+    reference is computed once per output the artifacts carry."""
     references: dict[tuple, np.ndarray] = {}
-    for path in map(Path, paths):
+    for path, backend in artifact_backends(paths, backends):
         manifest = artifact_files.read_manifest(path) or {}
         head = OutputHead.for_options(loaded.model, manifest.get("options", {}))
         if head.key not in references:
             references[head.key] = reference_outputs(head.eval(), inputs.batch)
         threshold = (thresholds or {}).get(manifest.get("precision", "fp32"))
-        row = artifact_parity(path, references[head.key], inputs, threshold, threads)
+        row = artifact_parity(path, references[head.key], inputs, threshold, threads, backend.name)
         on_row(row)
         yield row
+
+
+def artifact_backends(paths: Sequence[Path], backends: Sequence[str] = ()) -> list[tuple[Path, Backend]]:
+    """Each artifact with each named backend that runs its file type, or with its default backend; the
+    runtimes they need are checked here, before any work."""
+    chosen = get_backends(list(backends))
+    pairs = [(path, backend) for path in map(Path, paths)
+             for backend in ([b for b in chosen if b.opens(path)] if chosen else [default_backend(path)])]
+    if not pairs:
+        raise UsageError(f"none of the {len(paths)} artifact(s) runs on {', '.join(backends)}")
+    for backend in {backend for _, backend in pairs}:
+        backend.require()
+    return pairs
 
 
 def parity_report(loaded: LoadedModel, rows: list[ParityRow], inputs: ParityInputs, interrupted: bool = False) -> Report:
@@ -89,14 +104,16 @@ def run_parity(
     threads: int | None = None,
     on_row: Callable[[ParityRow], None] = lambda row: None,
     inputs: ParityInputs | None = None,
+    backends: Sequence[str] = (),
 ) -> Report:
-    """Parity of each artifact (default: all under artifacts/<variant>/) on `inputs` (default: the
-    images of `images`, else `synthetic` seeded inputs); Ctrl-C keeps the finished rows."""
+    """Parity of each artifact (default: all under artifacts/<variant>/) on each backend that runs it
+    (default: the one of its file type), on `inputs` (default: the images of `images`, else
+    `synthetic` seeded inputs); Ctrl-C keeps the finished rows."""
     inputs = inputs or parity_inputs(loaded.variant, images, synthetic)
     paths = artifacts_to_score(loaded.variant, artifacts)
     rows: list[ParityRow] = []
     try:
-        for row in parity_rows(loaded, paths, inputs, thresholds, threads, on_row):
+        for row in parity_rows(loaded, paths, inputs, thresholds, threads, on_row, backends):
             rows.append(row)
     except KeyboardInterrupt:
         return parity_report(loaded, rows, inputs, interrupted=True)

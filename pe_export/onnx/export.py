@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pe_export import artifacts
 from pe_export.errors import CheckFailed, UsageError
-from pe_export.memory import release_memory
+from pe_export.memory import free_weights, release_memory
 from pe_export.model import LoadedModel, ModelSource
 from pe_export.model.head import OutputHead, check_output
 from pe_export.onnx import passes
@@ -190,7 +190,7 @@ def _export(load: Callable[[], LoadedModel], options: ExportOptions, output: Pat
         progress(f"tracing {variant.name} and writing ONNX (opset {spec.opset})")
         external = _save_onnx(head, variant, spec, staged)
         if owns_weights:  # export_variant, the CLI: onnxruntime's copy replaces the torch weights
-            _free_weights(head)
+            free_weights(head)
         del head, loaded
         release_memory()
         progress("checking the graph (onnx.checker, full)")
@@ -264,16 +264,6 @@ def _save_onnx(head: OutputHead, variant: Variant, spec: ResolvedExport, staged:
     for value in program.model.graph.initializers.values():
         value.const_value = None
     return external
-
-
-def _free_weights(module: torch.nn.Module) -> None:
-    """Give the weights' memory back now, whoever still refers to the tensors.
-
-    Values the exporter dropped along the way still wrap the parameters from its surviving graph,
-    so deleting the module alone frees nothing. Swapping each tensor's data for an empty one does.
-    """
-    for tensor in [*module.parameters(), *module.buffers()]:
-        tensor.data = torch.empty(0, dtype=tensor.dtype)
 
 
 def _simplify(staged: Path) -> dict:

@@ -100,6 +100,14 @@ class TensorRTSection(Strict):
     tf32: bool = Field(False, description="let fp32 engines compute in TF32 (TensorRT's default; off for fp32 parity)")
 
 
+class DeploySection(Strict):
+    """The path a profile ships: the runtime and precision measured fastest on its target among those that
+    pass its parity threshold (the profile's comments give the figures)."""
+
+    runtime: Literal["onnxruntime", "openvino", "tensorrt"]
+    precision: PrecisionName
+
+
 class Profile(Strict):
     name: str
     description: str = ""
@@ -111,6 +119,7 @@ class Profile(Strict):
     quantization: QuantizationSection = QuantizationSection()
     parity: dict[PrecisionName, float] = Field(default_factory=default_thresholds)
     tensorrt: Optional[TensorRTSection] = TensorRTSection()
+    deploy: Optional[DeploySection] = None
     path: Optional[Path] = Field(None, exclude=True)
 
     @field_validator("variant")
@@ -125,6 +134,18 @@ class Profile(Strict):
         """This profile with the command line's calibration source and sample count, where given."""
         update = {name: value for name, value in (("source", source), ("samples", samples)) if value is not None}
         return self.model_copy(update={"calibration": self.calibration.model_copy(update=update)}) if update else self
+
+    @field_validator("deploy")
+    @classmethod
+    def _deploys_an_allowed_precision(cls, value: Optional[DeploySection], info) -> Optional[DeploySection]:
+        allowed = info.data.get("precisions", [])
+        if value and value.precision not in allowed:
+            raise ValueError(f"{value.precision} is not one of the profile's precisions ({', '.join(allowed)})")
+        return value
+
+    def deployed_precision(self, runtime: str) -> str | None:
+        """The precision this profile ships on `runtime`, if it ships on that runtime."""
+        return self.deploy.precision if self.deploy and self.deploy.runtime == runtime else None
 
     def threshold(self, precision: str) -> float:
         return {**default_thresholds(), **self.parity}[precision]
@@ -145,6 +166,12 @@ class Profile(Strict):
 
 def default_profile(variant: str) -> Profile:
     return Profile(name="default", variant=variant)
+
+
+def cpu_profile(variant: str) -> Profile:
+    """What CPU runtimes use without a named profile: the onnxruntime export (fused RoPE and attention,
+    which OpenVINO reads too) and the default calibration."""
+    return Profile(name="cpu", variant=variant, export=ExportSection(target="ort"), tensorrt=None)
 
 
 def resolve_profile(name_or_path: str | Path | None, variant: Variant) -> Profile:

@@ -113,8 +113,7 @@ def ensure_precision(
     manifest, why = artifacts.reusable(path, precision_key(fp32, precision, profile))
     if manifest is not None:
         progress(f"reused {path} ({why})")
-        parity = {k: v for k, v in manifest["parity"].items() if k in ParityRow.model_fields}
-        return PrecisionResult(path, manifest, ParityRow(**parity))
+        return PrecisionResult(path, manifest, ParityRow.recorded(manifest["parity"]))
     if why != "nothing to reuse":
         progress(f"making {path} again: {why}")
     calibration = read_calibration(profile, loaded.variant.image_size) if get_precision(precision).calibrated else None

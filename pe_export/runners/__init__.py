@@ -1,4 +1,4 @@
-"""One small interface over the runtimes that execute PE: torch, onnxruntime and TensorRT.
+"""One small interface over the runtimes that execute PE: torch, onnxruntime, OpenVINO and TensorRT.
 
 A runner is opened on one model or artifact by `open_runner`, runs batches (numpy in, numpy out),
 reports its device and library versions, and is closed (also as a context manager). Parity and
@@ -20,13 +20,18 @@ if TYPE_CHECKING:
     import torch
 
 ENGINE_SUFFIXES = (".engine", ".plan")
-ARTIFACT_SUFFIXES = (".onnx", *ENGINE_SUFFIXES)
+ARTIFACT_SUFFIXES = (".onnx", ".xml", *ENGINE_SUFFIXES)
+Runtime = Literal["torch", "onnxruntime", "openvino", "tensorrt"]
+# The artifact files each runtime runs.
+OPENS: dict[Runtime, tuple[str, ...]] = {
+    "torch": (), "onnxruntime": (".onnx",), "openvino": (".onnx", ".xml"), "tensorrt": ENGINE_SUFFIXES,
+}
 
 
 @dataclass(frozen=True)
 class Backend:
     name: str
-    runtime: Literal["torch", "onnxruntime", "tensorrt"]
+    runtime: Runtime
     provider: Optional[str]  # the onnxruntime provider, or "compile" for torch.compile
     gpu: bool  # runs on a GPU only
 
@@ -35,7 +40,22 @@ class Backend:
         spec = PRECISIONS[precision]
         if self.runtime == "torch":
             return spec.torch_dtype is not None
+        if self.runtime == "openvino":
+            from pe_export.runners import openvino
+
+            return openvino.runs(precision)
         return self.gpu or spec.runs_on_ort_cpu
+
+    def opens(self, path: Path) -> bool:
+        """Whether this backend runs artifact files of this type."""
+        return path.suffix in OPENS[self.runtime]
+
+    def require(self) -> None:
+        """Refuse, before any work, a backend whose optional extra is not installed."""
+        if self.runtime == "openvino":
+            from pe_export.runners.openvino import require_openvino
+
+            require_openvino()
 
 
 BACKENDS: dict[str, Backend] = {
@@ -46,9 +66,26 @@ BACKENDS: dict[str, Backend] = {
         Backend("onnxruntime", "onnxruntime", "cpu", False),
         Backend("onnxruntime-cuda", "onnxruntime", "cuda", True),
         Backend("onnxruntime-trt", "onnxruntime", "tensorrt", True),
+        Backend("openvino", "openvino", "cpu", False),
         Backend("tensorrt", "tensorrt", None, True),
     )
 }
+
+
+def get_backends(names: list[str]) -> list[Backend]:
+    unknown = [name for name in names if name not in BACKENDS]
+    if unknown:
+        raise UsageError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+    return [BACKENDS[name] for name in names]
+
+
+def default_backend(path: Path) -> Backend:
+    """The backend an artifact runs on unless one is named, by file type: the first in BACKENDS that opens it
+    (.onnx: onnxruntime CPU, .xml: OpenVINO, .engine/.plan: TensorRT)."""
+    found = next((b for b in BACKENDS.values() if b.opens(path)), None)
+    if found is None:
+        raise UsageError(f"unknown artifact type {path.suffix!r} ({path}); expected {', '.join(ARTIFACT_SUFFIXES)}")
+    return found
 
 
 def open_runner(
@@ -62,9 +99,9 @@ def open_runner(
 ) -> Runner:
     """The runner for a torch module (backend torch or torch-compile) or an artifact file.
 
-    An artifact's runtime follows its file type (.onnx: onnxruntime, with the provider of
-    `backend`; .engine/.plan: TensorRT, replaying a captured CUDA graph with `cuda_graph`) and its
-    precision comes from its manifest.
+    An artifact runs on `backend`, by default the one for its file type (see `default_backend`);
+    onnxruntime uses the backend's provider, TensorRT replays a captured CUDA graph with
+    `cuda_graph`. The artifact's precision comes from its manifest.
     """
     if not isinstance(source, (str, Path)):
         from pe_export.runners.torch import TorchRunner
@@ -72,20 +109,24 @@ def open_runner(
         chosen = BACKENDS[backend or "torch"]
         return TorchRunner(source, precision or "fp32", compile=chosen.provider == "compile", device=device)
     path = Path(source)
-    if path.suffix not in ARTIFACT_SUFFIXES:
-        raise UsageError(f"unknown artifact type {path.suffix!r} ({path}); expected .onnx, .engine or .plan")
+    chosen = BACKENDS[backend] if backend else default_backend(path)
     if not path.is_file():
         raise UsageError(f"artifact not found: {path}")
+    if not chosen.opens(path):
+        raise UsageError(f"{chosen.name} cannot run {path.suffix} files ({path.name})")
     manifest = artifacts.read_manifest(path) or {}
     precision = precision or manifest.get("precision", "fp32")
-    if path.suffix == ".onnx":
+    if chosen.runtime == "onnxruntime":
         from pe_export.runners.onnxruntime import OrtRunner
 
-        provider = BACKENDS[backend or "onnxruntime"].provider or "cpu"
-        return OrtRunner(path, provider, threads, precision)
+        return OrtRunner(path, chosen.provider or "cpu", threads, precision)
+    if chosen.runtime == "openvino":
+        from pe_export.runners.openvino import OvRunner
+
+        return OvRunner(path, precision, threads)
     from pe_export.runners.tensorrt import TrtRunner
 
     return TrtRunner(path, precision, cuda_graph=cuda_graph)
 
 
-__all__ = ["ARTIFACT_SUFFIXES", "BACKENDS", "Backend", "Runner", "open_runner"]
+__all__ = ["ARTIFACT_SUFFIXES", "BACKENDS", "Backend", "Runner", "default_backend", "get_backends", "open_runner"]

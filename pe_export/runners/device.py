@@ -7,20 +7,32 @@ from pathlib import Path
 from typing import Literal
 
 Device = Literal["cpu", "cuda"]
+CPUINFO = Path("/proc/cpuinfo")
+# The CPU's low-precision matrix instructions, which decide what bf16 and int8 can gain on it.
+MATRIX_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx_vnni")
 
 
 def cpu_name() -> str:
-    """The CPU model as /proc/cpuinfo names it, with the core count torch uses."""
+    """The CPU model as /proc/cpuinfo names it, with the core count torch uses and its matrix instructions."""
     import torch
 
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
+    fields = _cpuinfo()
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    matrix = ", ".join(flag for flag in MATRIX_FLAGS if flag in flags) or "no bf16/int8 matrix instructions"
+    return f"{model} ({torch.get_num_threads()} threads; {matrix})"
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo (Linux); empty elsewhere."""
+    fields: dict[str, str] = {}
+    if CPUINFO.is_file():
+        for line in CPUINFO.read_text().splitlines():
+            if not line.strip():
                 break
-    return f"{model} ({torch.get_num_threads()} threads)"
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    return fields
 
 
 def cuda_name() -> str:

@@ -82,6 +82,28 @@ def test_iterations_or_seconds(spatial):
     assert rows[0].iters > 1
 
 
+def test_interleaved_rows_run_every_runner_once_per_round(spatial):
+    calls = []
+
+    class Recording(_FakeRunner):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def run(self, batch):
+            calls.append((self.name, len(batch)))
+            return batch
+
+    settings = BenchSettings(backends=["torch", "onnxruntime"], batches=[1, 2], warmup=1, iters=2, interleave=True)
+    rows = list(bench_rows(spatial, settings, lambda backend, precision: Recording(backend)))
+    assert [(r.backend, r.batch, r.iters) for r in rows] == [
+        ("torch", 1, 2), ("onnxruntime", 1, 2), ("torch", 2, 2), ("onnxruntime", 2, 2)]
+    rounds = [("torch", 1), ("onnxruntime", 1)] * 3 + [("torch", 2), ("onnxruntime", 2)] * 3  # warm-up, then 2 rounds
+    assert calls == rounds
+    with pytest.raises(ValueError, match="--interleave times --iters rounds"):
+        BenchSettings(interleave=True, seconds=1.0)
+
+
 def test_bench_torch_and_onnxruntime_rows(spatial, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     settings = BenchSettings(backends=["torch", "onnxruntime"], batches=[1, 2], warmup=1, iters=2, threads=2)
@@ -145,6 +167,17 @@ def test_backend_precision_pairs_that_cannot_run_are_skipped():
 
     settings = BenchSettings(backends=["torch", "onnxruntime", "tensorrt"], precisions=["bf16", "int8"])
     assert skipped_pairs(settings) == ["torch int8", "onnxruntime bf16"]
+
+
+def test_openvino_bf16_is_skipped_on_a_cpu_without_bf16_units(monkeypatch):
+    from pe_export.bench.bench import skipped_pairs
+    from pe_export.runners import openvino
+
+    settings = BenchSettings(backends=["openvino"], precisions=["fp32", "fp16", "bf16", "int8"])
+    monkeypatch.setattr(openvino, "cpu_capabilities", lambda: frozenset({"FP32", "BF16", "INT8"}))
+    assert skipped_pairs(settings) == ["openvino fp16"]
+    monkeypatch.setattr(openvino, "cpu_capabilities", lambda: frozenset({"FP32", "INT8"}))
+    assert skipped_pairs(settings) == ["openvino fp16", "openvino bf16"]
 
 
 def test_cuda_graph_reaches_the_tensorrt_runner(spatial, monkeypatch, tmp_path):

@@ -39,6 +39,9 @@ def test_shipped_profiles_are_valid_and_found_by_name():
     jetson = find_profile("pe-lang-l14-jetson-orin")
     assert (jetson.export.target, jetson.export.opset, jetson.batch.max) == ("jetson", 17, 1)
     assert "fp8" not in jetson.precisions and find_profile("pe-lang-l14-cpu-edge").tensorrt is None
+    edge = find_profile("pe-lang-l14-cpu-edge")
+    assert (edge.deployed_precision("openvino"), edge.deployed_precision("onnxruntime")) == ("int8", None)
+    assert edge.threshold("int8") == 0.999 and jetson.deploy is None
 
 
 @pytest.mark.parametrize(
@@ -52,6 +55,8 @@ def test_shipped_profiles_are_valid_and_found_by_name():
         ("name: x\nvariant: L14\nbatch: {min: 4, opt: 2, max: 8}\n", r"p.yaml:3: field 'batch': batch range needs min <= opt <= max, got 4:2:8"),
         ("name: x\nvariant: L14\nprecisions: [fp32, int4]\n", r"p.yaml:3: field 'precisions.1'"),
         ("- just\n- a list\n", r"a profile is a YAML mapping"),
+        ("name: x\nvariant: L14\nprecisions: [fp32]\ndeploy: {runtime: openvino, precision: int8}\n",
+         r"p.yaml:4: field 'deploy': int8 is not one of the profile's precisions \(fp32\)"),
     ],
 )
 def test_profile_errors_name_file_line_and_field(tmp_path, text, message):

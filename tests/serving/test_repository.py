@@ -4,7 +4,6 @@ tritonclient package's protobuf) and says what the artifact is; the served file 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
