@@ -15,6 +15,7 @@ import ctypes
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,7 +60,7 @@ def activation_amax(model: Path, calibration: np.ndarray, batch_size: int, metho
     np.save(data, calibration)
     job = work / "job.json"
     job.write_text(json.dumps({
-        "model": str(_linked_model(Path(model), work)), "data": str(data), "batch_size": batch_size, "method": method,
+        "model": str(_copied_model(Path(model), work)), "data": str(data), "batch_size": batch_size, "method": method,
         "op_types": op_types, "input_name": input_name, "work": str(work), "parent": os.getpid(),
         "providers": [PROVIDERS["cuda"], CPU] if calibration_provider(provider) == "cuda" else [CPU],
     }))
@@ -81,13 +82,13 @@ def activation_amax(model: Path, calibration: np.ndarray, batch_size: int, metho
     return json.loads((work / "ranges.json").read_text())
 
 
-def _linked_model(model: Path, work: Path) -> Path:
-    """The model seen from `work` through links (its external data too), so that files onnxruntime
-    writes beside the model it reads stay in the caller's scratch folder."""
+def _copied_model(model: Path, work: Path) -> Path:
+    """A copy of the model (its external data too) in `work`, so that the files onnxruntime writes
+    beside the model it reads stay in the caller's scratch folder. A copy, since onnx refuses external
+    data behind a symbolic or hard link; the copy goes with the scratch folder."""
     for source in [model, *model.parent.glob(f"{model.name}.data")]:
-        link = work / source.name
-        if not link.exists():
-            link.symlink_to(source.resolve())
+        if not (work / source.name).exists():
+            shutil.copyfile(source, work / source.name)
     return work / model.name
 
 

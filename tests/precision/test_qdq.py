@@ -97,3 +97,17 @@ def test_streamed_ranges_cover_every_batch(tmp_path):
     assert ranges["h"] == pytest.approx(h.max(), rel=1e-6)
     entropy = activation_amax(path, data, 2, "entropy", ["MatMul"], "x", tmp_path)
     assert 0 < entropy["h"] <= h.max() * 1.001
+
+
+def test_ranges_of_a_model_with_external_data_and_no_files_left_beside_it(tmp_path):
+    """Large models keep their weights in a .data file: calibration reads it, and onnxruntime's
+    temporary copies of the model land in the work folder, never beside the model."""
+    models, work = tmp_path / "models", tmp_path / "work"
+    models.mkdir()
+    work.mkdir()
+    path = models / "mlp.onnx"
+    onnx.save(_mlp(), str(path), save_as_external_data=True, location="mlp.onnx.data", size_threshold=0)
+    data = RNG.standard_normal((3, 4, 8)).astype(np.float32)
+    ranges = activation_amax(path, data, 2, "max", ["MatMul"], "x", work)
+    assert ranges["h"] == pytest.approx(np.maximum(data @ W1, 0).max(), rel=1e-6)
+    assert sorted(p.name for p in models.iterdir()) == ["mlp.onnx", "mlp.onnx.data"]
