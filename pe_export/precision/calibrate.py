@@ -64,8 +64,11 @@ def activation_amax(model: Path, calibration: np.ndarray, batch_size: int, metho
         "op_types": op_types, "input_name": input_name, "work": str(work), "parent": os.getpid(),
         "providers": [PROVIDERS["cuda"], CPU] if calibration_provider(provider) == "cuda" else [CPU],
     }))
+    # the worker imports this very package, whichever pe-export its interpreter would find first
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     worker = subprocess.Popen([sys.executable, "-m", "pe_export.precision.calibrate", str(job)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         for line in worker.stdout:  # type: ignore[union-attr]
             if line.startswith(PROGRESS):
