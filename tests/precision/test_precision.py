@@ -14,6 +14,7 @@ from PIL import Image
 from pe_export import artifacts
 from pe_export.errors import PeExportError, UsageError
 from pe_export.model import ModelSource, load_model
+from pe_export.model.preprocess import preprocess_batch
 from pe_export.onnx.export import ExportOptions, ensure_onnx
 from pe_export.precision.calibration import load_calibration
 from pe_export.precision.profiles import find_profile, load_profile, profile_files
@@ -83,6 +84,12 @@ def test_calibration_folder_counts_unreadable_images(image_folder):
     assert calib.batch.shape == (3, 3, 32, 32) and calib.batch.dtype == np.float32
     assert len(calib.files) == 3 and calib.skipped == [str(image_folder / "broken.jpg")]
     assert calib.describe()["skipped"] == 1 and len(calib.sha256) == 64
+
+
+def test_calibration_images_are_preprocessed_as_at_inference(image_folder):
+    calib = load_calibration(str(image_folder), 3, 32)
+    np.testing.assert_array_equal(calib.batch, preprocess_batch(calib.files, 32).numpy())
+    assert calib.bytes == sum(Path(f).stat().st_size for f in calib.files)  # what its sha256 covers
 
 
 def test_too_few_images_is_an_error_unless_allowed(image_folder):
