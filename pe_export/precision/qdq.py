@@ -87,11 +87,7 @@ def insert_qdq(model: onnx.ModelProto, sites: list[Site], amax: dict[str, float]
     rewired: dict[tuple[str, int], str] = {}
     for site in sites:
         if site.tensor not in pairs:
-            if site.axis is None:
-                scale = np.array(max(amax[site.tensor], TINY) / QMAX[precision], dtype=np.float32)
-            else:
-                scale = _channel_scale(numpy_helper.to_array(weights[site.tensor]), site.axis, precision)
-            pairs[site.tensor] = _pair(graph, site, scale, precision)
+            pairs[site.tensor] = quantizer(graph, site, site_scale(site, amax, weights, precision), precision)
         rewired[(site.node, site.index)] = pairs[site.tensor][-1].output[0]
 
     placed: set[str] = set()
@@ -109,14 +105,19 @@ def insert_qdq(model: onnx.ModelProto, sites: list[Site], amax: dict[str, float]
     return len(pairs)
 
 
-def _channel_scale(weight: np.ndarray, axis: int, precision: str) -> np.ndarray:
-    other = tuple(a for a in range(weight.ndim) if a != axis)
-    amax = np.abs(weight).max(axis=other)
-    return (np.maximum(amax, TINY) / QMAX[precision]).astype(np.float32)
+def site_scale(site: Site, amax: dict[str, float], weights: dict[str, onnx.TensorProto], precision: str) -> np.ndarray:
+    """The symmetric scale of a site: per tensor from the calibrated range for an activation, per
+    output channel from the weight itself for a weight."""
+    if site.axis is None:
+        return np.array(max(amax[site.tensor], TINY) / QMAX[precision], dtype=np.float32)
+    weight = numpy_helper.to_array(weights[site.tensor])
+    other = tuple(a for a in range(weight.ndim) if a != site.axis)
+    return (np.maximum(np.abs(weight).max(axis=other), TINY) / QMAX[precision]).astype(np.float32)
 
 
-def _pair(graph: onnx.GraphProto, site: Site, scale: np.ndarray, precision: str) -> list[onnx.NodeProto]:
-    """Q and DQ nodes for one tensor, named after its first reader so engine logs point at the model."""
+def quantizer(graph: onnx.GraphProto, site: Site, scale: np.ndarray, precision: str) -> list[onnx.NodeProto]:
+    """Q and DQ nodes for one tensor (their scale and zero point added to the graph's initializers),
+    named after its first reader so engine logs point at the model."""
     role = "weight" if site.axis is not None else f"input{site.index}"
     prefix = f"{site.node}/{role}_quantizer"
     zero = helper.make_tensor(f"{prefix}/zero_point", QUANT_TYPES[precision], scale.shape, np.zeros(scale.shape).ravel())

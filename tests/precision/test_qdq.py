@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pe_export.errors import PeExportError
 from pe_export.precision import qdq
-from pe_export.precision.calibrate import activation_amax
+from pe_export.precision.calibrate import activation_ranges
 from pe_export.precision.profiles import QuantSection
 from pe_export.runners.onnxruntime import OrtRunner
 
@@ -91,9 +91,37 @@ def test_streamed_ranges_cover_every_batch(tmp_path):
     onnx.save(_mlp(), str(path))
     data = RNG.standard_normal((5, 4, 8)).astype(np.float32)
     data[4] *= 10  # the largest values sit in the last, partial batch
-    ranges = activation_amax(path, data, 2, "max", ["MatMul"], "x", tmp_path)
+    ranges = activation_ranges(path, data, 2, "max", ["h", "x"], "x", tmp_path).amax
     h = np.maximum(data @ W1, 0)
-    assert ranges["x"] == pytest.approx(np.abs(data).max(), rel=1e-6)
-    assert ranges["h"] == pytest.approx(h.max(), rel=1e-6)
-    entropy = activation_amax(path, data, 2, "entropy", ["MatMul"], "x", tmp_path)
+    assert ranges == {"x": pytest.approx(np.abs(data).max(), rel=1e-6), "h": pytest.approx(h.max(), rel=1e-6)}
+    entropy = activation_ranges(path, data, 2, "entropy", ["h", "x"], "x", tmp_path).amax
     assert 0 < entropy["h"] <= h.max() * 1.001
+
+
+@pytest.mark.parametrize("method", ["max", "entropy"])
+def test_streamed_ranges_equal_onnxruntime_calibrators(tmp_path, method):
+    """Only the tensors placement needs leave the graph, batch by batch, and the ranges are exactly
+    those of onnxruntime's own calibrator over every input and output of every MatMul."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    path = tmp_path / "mlp.onnx"
+    onnx.save(_mlp(), str(path))
+    data = RNG.standard_normal((5, 4, 8)).astype(np.float32)
+    ours = activation_ranges(path, data, 2, method, ["h", "x"], "x", tmp_path).amax
+    calibrator = create_calibrator(
+        str(path), ["MatMul"], augmented_model_path=str(tmp_path / "augmented.onnx"), extra_options={"symmetric": True},
+        calibrate_method=CalibrationMethod.Entropy if method == "entropy" else CalibrationMethod.MinMax)
+    for start in range(0, len(data), 2):
+        calibrator.collect_data(_Reader([{"x": data[start:start + 2]}]))
+    theirs = calibrator.compute_data()
+    assert ours == {name: float(max(np.abs(v).max() for v in theirs[name].range_value)) for name in ("h", "x")}
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over a list of feeds."""
+
+    def __init__(self, feeds: list[dict]):
+        self.feeds = feeds
+
+    def get_next(self) -> dict | None:
+        return self.feeds.pop(0) if self.feeds else None
