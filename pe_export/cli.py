@@ -374,7 +374,7 @@ def sensitivity(
     profile: Annotated[Optional[str], typer.Option(help="A profile name or YAML file: calibration, op types, exclusions.")] = None,
     calib: Annotated[Optional[str], typer.Option(help="Calibration images: a folder, a glob or 'synthetic'. Overrides the profile.")] = None,
     samples: Annotated[Optional[int], typer.Option(help="Calibration sample count. Overrides the profile.", min=1)] = None,
-    images: Annotated[int, typer.Option(help="Seeded inputs each configuration is scored on.", min=1)] = 2,
+    images: Annotated[int, typer.Option(help="Seeded inputs each configuration is scored on (one image's tokens rank the sites as well as two).", min=1)] = 1,
     mode: Annotated[str, SENSITIVITY_MODE.option(help="alone: each site quantized alone; kept: each site alone in high precision, the rest quantized.")] = "alone",
     threads: Annotated[Optional[int], typer.Option(help="Threads for onnxruntime CPU.", min=1)] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the ranking as JSON (schema pe-export/sensitivity/1).")] = None,

@@ -90,7 +90,7 @@ class QuantizationSection(Strict):
     fp16: MixedSection = MixedSection()
     bf16: MixedSection = MixedSection()
     int8: QuantSection = QuantSection()
-    fp8: QuantSection = QuantSection(op_types=["MatMul", "Gemm", "Conv"])
+    fp8: QuantSection = QuantSection()
 
 
 class TensorRTSection(Strict):

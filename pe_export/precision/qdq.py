@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -113,6 +114,17 @@ def site_scale(site: Site, amax: dict[str, float], weights: dict[str, onnx.Tenso
     weight = numpy_helper.to_array(weights[site.tensor])
     other = tuple(a for a in range(weight.ndim) if a != site.axis)
     return (np.maximum(np.abs(weight).max(axis=other), TINY) / QMAX[precision]).astype(np.float32)
+
+
+def dequantized(value: np.ndarray, scale: np.ndarray, axis: int | None, precision: str) -> np.ndarray:
+    """DQ(Q(value)) as the ONNX operators define it (onnxruntime's arithmetic): divide by the scale,
+    saturate, round half to even (fp8: to the nearest float8 e4m3fn), multiply back."""
+    if axis is not None:
+        scale = np.expand_dims(scale, tuple(a for a in range(value.ndim) if a != axis))
+    if precision == "int8":
+        return (np.clip(np.rint(value / scale), -128, 127) * scale).astype(np.float32)
+    grid = np.clip(value / scale, -QMAX["fp8"], QMAX["fp8"]).astype(ml_dtypes.float8_e4m3fn)
+    return (grid.astype(np.float32) * scale).astype(np.float32)
 
 
 def quantizer(graph: onnx.GraphProto, site: Site, scale: np.ndarray, precision: str) -> list[onnx.NodeProto]:

@@ -1,13 +1,12 @@
 """How much each quantized site costs the output, measured by emulation in one onnxruntime session.
 
 A site is one GEMM or convolution with the Q/DQ pairs of its inputs. The emulation model is the
-(smoothed) fp32 model in which every site reads each input mixed with its Q/DQ image by a mask
-given per sample: x + m (DQ(Q(x)) - x). Each sample of a batch is then one configuration (which
-sites are quantized) on one image, so ranking a hundred sites costs a hundred fp32 forward passes
-and a single model load instead of a hundred artifacts. A MatMul's weight is mixed per sample as a
-(B, K, N) tensor; other ops (convolutions, Gemm, MatMuls of 2-D inputs) add m * Op(x, Wq - W) to
-their output instead. The Q/DQ arithmetic is onnxruntime's own; integer kernels accumulate
-differently, so the automatic fallback checks its choice with a parity run of the real artifact.
+(smoothed) fp32 model in which every site reads each input, activation or weight, mixed with its
+Q/DQ image by a per-site switch given with each run. A run is then one
+configuration (which sites are quantized) on the scoring images, so ranking a hundred sites costs a
+hundred fp32 forward passes and a single model load instead of a hundred artifacts. The Q/DQ
+arithmetic is onnxruntime's own; integer kernels accumulate differently, so the automatic fallback
+checks its choice with a parity run of the real artifact.
 """
 
 from __future__ import annotations
@@ -29,8 +28,8 @@ from pe_export.validate import ParityFigures, compare
 
 Mode = Literal["alone", "kept"]  # each site quantized alone, or each kept alone in high precision
 MODES: dict[str, str] = {"alone": "quantized alone", "kept": "kept alone in high precision"}
-MASK = "pe_export/site_mask"
-CHUNK = 8  # samples per run: configurations x images
+MASK = "pe_export/site_mask"  # the graph input switching each site's Q/DQ on (true) or off for a run
+CHUNK = 2  # images per run
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ class SiteScore:
 
 
 class Emulator:
-    """One session of the smoothed fp32 model where a mask per sample turns each site's Q/DQ on."""
+    """One session of the smoothed fp32 model where a switch per site turns its Q/DQ on."""
 
     def __init__(self, model: onnx.ModelProto, sites: list[qdq.Site], amax: dict[str, float], precision: str,
                  work: Path, external: bool, threads: int | None = None):
@@ -55,15 +54,14 @@ class Emulator:
         graph = model.graph
         self.nodes = list(dict.fromkeys(s.node for s in sites))  # graph order
         self.op_types = {n.name: n.op_type for n in graph.node if n.name in self.nodes}
-        self.gmacs = {n.name: _macs(graph, n) / 1e9 for n in graph.node if n.name in self.nodes}
+        self.gmacs = {n.name: site_macs(graph, n) / 1e9 for n in graph.node if n.name in self.nodes}
         self.input = graph.input[0].name
         _mask_sites(graph, sites, amax, precision, self.nodes)
         path = work / "emulation.onnx"
         onnx.save(model, str(path), save_as_external_data=external, location=f"{path.name}.data" if external else None,
                   all_tensors_to_one_file=True)
         options = onnxruntime.SessionOptions()
-        # basic rewrites only: the extended ones would fuse Q/DQ patterns into integer kernels
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.enable_cpu_mem_arena = False  # each run's mixed weights come and go: no arena to keep them
         if threads:
             options.intra_op_num_threads = threads
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -71,19 +69,13 @@ class Emulator:
     def score(self, configs: list[frozenset[str]], batch: np.ndarray, reference: np.ndarray,
               progress: Callable[[int, int], None] = lambda done, total: None) -> list[ParityFigures]:
         """The figures of each configuration (the set of quantized sites) over all images of `batch`."""
-        rows = [(c, i) for c in range(len(configs)) for i in range(len(batch))]
-        figures: list[ParityFigures] = []
-        pending: list[np.ndarray] = []  # outputs of the configuration being scored, image by image
-        for start in range(0, len(rows), CHUNK):
-            part = rows[start:start + CHUNK]
-            mask = np.array([[node in configs[c] for node in self.nodes] for c, _ in part], np.float32)
-            out = self.session.run(None, {self.input: batch[[i for _, i in part]], MASK: mask})[0]
-            for row in out:
-                pending.append(row)
-                if len(pending) == len(batch):
-                    figures.append(compare(reference, np.stack(pending)))
-                    pending = []
-                    progress(len(figures), len(configs))
+        figures = []
+        for done, config in enumerate(configs, 1):
+            switches = np.array([node in config for node in self.nodes])
+            outputs = [self.session.run(None, {self.input: batch[start:start + CHUNK], MASK: switches})[0]
+                       for start in range(0, len(batch), CHUNK)]
+            figures.append(compare(reference, np.concatenate(outputs)))
+            progress(done, len(configs))
         return figures
 
 
@@ -110,67 +102,48 @@ def exclusion_patterns(nodes: list[str]) -> list[str]:
 
 def _mask_sites(graph: onnx.GraphProto, sites: list[qdq.Site], amax: dict[str, float], precision: str,
                 nodes: list[str]) -> None:
-    """Rewire every site of `graph` through its mask-mixed Q/DQ image, in place."""
-    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in [*graph.value_info, *graph.input, *graph.output]}
+    """Turn every site node of `graph` into a switch (an If) between the node reading its Q/DQ
+    images and the node as it is, in place. Both branches read the weights where they lie, so a run
+    pays for the branch it takes and nothing else; a weight's image is made once here, with the
+    arithmetic onnxruntime uses, and stored beside it."""
     weights = {init.name: init for init in graph.initializer}
     by_node: dict[str, list[qdq.Site]] = {}
     for site in sites:
         by_node.setdefault(site.node, []).append(site)
-    graph.input.append(helper.make_tensor_value_info(MASK, TensorProto.FLOAT, ["batch", len(nodes)]))
-    shapes: set[int] = set()  # ranks whose (-1, 1, ..., 1) shape is in the graph
+    graph.input.append(helper.make_tensor_value_info(MASK, TensorProto.BOOL, [len(nodes)]))
     ordered = []
     for node in graph.node:
         if node.name not in by_node:
             ordered.append(node)
             continue
-        i = nodes.index(node.name)
         prefix = f"{node.name}/emulation"
-        graph.initializer.append(numpy_helper.from_array(np.array(i, np.int64), f"{prefix}/index"))
-        before = [helper.make_node("Gather", [MASK, f"{prefix}/index"], [f"{prefix}/mask"], axis=1)]
-        after: list[onnx.NodeProto] = []
-
-        def shaped(rank: int) -> str:
-            """The mask as (B, 1, ..., 1) of `rank` dimensions, made once per rank."""
-            name = f"{prefix}/mask{rank}"
-            if rank not in shapes:
-                shapes.add(rank)
-                graph.initializer.append(numpy_helper.from_array(np.array([-1] + [1] * (rank - 1), np.int64),
-                                                                 f"{MASK}/shape{rank}"))
-            if all(name not in n.output for n in before):
-                before.append(helper.make_node("Reshape", [f"{prefix}/mask", f"{MASK}/shape{rank}"], [name]))
-            return name
-
-        activation_rank = ranks[node.input[0]]
+        graph.initializer.append(numpy_helper.from_array(np.array(nodes.index(node.name), np.int64), f"{prefix}/index"))
+        quantized, inputs = [], list(node.input)
         for site in by_node[node.name]:
-            pair = qdq.quantizer(graph, site, qdq.site_scale(site, amax, weights, precision), precision)
-            image, tag = pair[-1].output[0], f"{prefix}/input{site.index}"
-            before += pair
-            if site.axis is None:  # an activation: x + m (DQ(Q(x)) - x)
-                before += [helper.make_node("Sub", [image, site.tensor], [f"{tag}/delta"]),
-                           helper.make_node("Mul", [shaped(ranks[site.tensor]), f"{tag}/delta"], [f"{tag}/scaled"]),
-                           helper.make_node("Add", [site.tensor, f"{tag}/scaled"], [f"{tag}/mixed"])]
-                node.input[site.index] = f"{tag}/mixed"
-                continue
-            before.append(helper.make_node("Sub", [image, site.tensor], [f"{tag}/delta"]))
-            if node.op_type == "MatMul" and activation_rank >= 3:  # W + m (Wq - W), one weight per sample
-                before += [helper.make_node("Mul", [shaped(activation_rank), f"{tag}/delta"], [f"{tag}/scaled"]),
-                           helper.make_node("Add", [site.tensor, f"{tag}/scaled"], [f"{tag}/mixed"])]
-                node.input[site.index] = f"{tag}/mixed"
-            else:  # Op(x, W) + m Op(x, Wq - W): the op is linear in its weight
-                output = node.output[0]
-                node.output[0] = f"{prefix}/exact"
-                delta = helper.make_node(node.op_type, [node.input[0], f"{tag}/delta"], [f"{prefix}/weight_delta"],
-                                         name=f"{prefix}/weight_delta")
-                delta.attribute.extend(node.attribute)
-                after += [delta,
-                          helper.make_node("Mul", [shaped(ranks[output]), f"{prefix}/weight_delta"], [f"{prefix}/scaled"]),
-                          helper.make_node("Add", [f"{prefix}/exact", f"{prefix}/scaled"], [output])]
-        ordered += [*before, node, *after]
+            scale = qdq.site_scale(site, amax, weights, precision)
+            if site.axis is None:
+                quantized += qdq.quantizer(graph, site, scale, precision)
+                inputs[site.index] = quantized[-1].output[0]
+            else:
+                inputs[site.index] = f"{prefix}/weight{site.index}"
+                image = qdq.dequantized(numpy_helper.to_array(weights[site.tensor]), scale, site.axis, precision)
+                graph.initializer.append(numpy_helper.from_array(image, inputs[site.index]))
+        ordered += [helper.make_node("Gather", [MASK, f"{prefix}/index"], [f"{prefix}/on"]),
+                    helper.make_node("If", [f"{prefix}/on"], list(node.output), f"{prefix}/switch",
+                                     then_branch=_branch(node, inputs, f"{prefix}/quantized", quantized),
+                                     else_branch=_branch(node, list(node.input), f"{prefix}/exact"))]
     graph.ClearField("node")
     graph.node.extend(ordered)
 
 
-def _macs(graph: onnx.GraphProto, node: onnx.NodeProto) -> int:
+def _branch(node: onnx.NodeProto, inputs: list[str], name: str, before: list[onnx.NodeProto] = ()) -> onnx.GraphProto:
+    """A subgraph computing `node` on `inputs` (after the nodes `before`); all it reads comes from outside."""
+    copy = helper.make_node(node.op_type, inputs, [f"{name}/output"], name, domain=node.domain)
+    copy.attribute.extend(node.attribute)
+    return helper.make_graph([*before, copy], name, [], [helper.make_empty_tensor_value_info(f"{name}/output")])
+
+
+def site_macs(graph: onnx.GraphProto, node: onnx.NodeProto) -> int:
     """Multiply-accumulates of one GEMM or convolution per image (0 where shapes are not static)."""
     dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
             for v in [*graph.value_info, *graph.input, *graph.output]}

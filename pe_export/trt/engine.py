@@ -10,10 +10,12 @@ from pydantic import ValidationError
 from pe_export import artifacts
 from pe_export.errors import UsageError
 from pe_export.model import ModelSource
-from pe_export.precision.profiles import Profile
-from pe_export.precision.quantize import precision_onnx, resolve_request
+from pe_export.precision.convert import require_tools
+from pe_export.precision.profiles import Profile, resolve_profile
+from pe_export.precision.quantize import precision_onnx, require_real_calibration
 from pe_export.runners.tensorrt_env import Gpu, current_gpu, import_tensorrt
 from pe_export.trt.build import BuildSettings, EngineResult, build_engine
+from pe_export.variants import get_variant
 
 
 def build_settings(profile: Profile, precision: str, **overrides) -> BuildSettings:
@@ -65,7 +67,10 @@ def trt_variant(
     precision ONNX and build or reuse its engine."""
     trt = trt or import_tensorrt()
     gpu = gpu or current_gpu()
-    chosen = resolve_request(source, precision, profile, calib, samples)
+    chosen = resolve_profile(profile, get_variant(source.variant)).with_calibration(calib, samples)
+    chosen.require(precision)
+    require_tools(precision)
+    require_real_calibration(source, chosen, precision, calib)
     settings = build_settings(chosen, precision, **overrides)
     if output:
         artifacts.prepare_destination(Path(output))

@@ -63,10 +63,10 @@ def test_plain_int8_misses_and_smoothing_passes(folder, models, monkeypatch):
 
 
 def test_fp8_is_reported_on_the_same_models(folder, models, monkeypatch):
-    """FP8's float grid absorbs outlier channels without smoothing; what is left is the skewed sites' error."""
+    """FP8's float grid absorbs the outlier channels without smoothing; what is left is the skewed sites' error."""
     monkeypatch.chdir(folder)
     fp8 = _make(folder, models["skewed"], "fp8", _profile(folder, "fp8", 0.99), "fp8")
-    assert 0.998 < fp8.parity.cosine_mean < 0.9999  # measured 0.99938 (0.99941 without smoothing); int8 0.980
+    assert 0.998 < fp8.parity.cosine_mean < 0.9999  # measured 0.99938 (0.99941 without smoothing); int8 0.945
     assert fp8.manifest["smoothing"]["pairs"] == 24 and fp8.manifest["method"] == "max"
 
 
@@ -81,14 +81,14 @@ def test_auto_exclude_keeps_the_skewed_sites_and_prints_profile_lines(folder, mo
     assert done.value.code in (0, None), out
     manifest = json.loads(target.with_name(target.name + ".json").read_text())
     fallback = manifest["auto_exclude"]
-    assert fallback["excluded"] == SKEWED and fallback["sites"] == 48  # the two planted sites, most damaging first
+    assert sorted(fallback["excluded"]) == SKEWED and fallback["sites"] == 48  # the two planted sites, no other
     assert manifest["parity"]["cosine_mean"] >= 0.9995 and fallback["tried"][-1]["cosine_mean"] >= 0.995
     # a block's GEMMs do 12 w^2 MACs per token, its c_proj 4 w^2: two c_proj of 12 blocks are 8/144 of the work
     assert fallback["excluded_work_share"] == pytest.approx(8 / 144, abs=1e-4)
     assert "auto-exclude: kept 2 of 48 sites in high precision (5.6% of the quantized GEMM work)" in out
     # the printed lines, pasted into a profile, make an artifact that passes without the fallback
     pasted = yaml.safe_load(out.split("profile lines:\n", 1)[1])["quantization"]["int8"]["exclude"]
-    assert pasted == ["^conv1/", *(f"^{n.replace('.', chr(92) + '.')}$" for n in SKEWED)]
+    assert pasted[0] == "^conv1/" and sorted(pasted[1:]) == [f"^{n.replace('.', chr(92) + '.')}$" for n in SKEWED]
     again = _make(folder, models["skewed"], "int8", _profile(folder, "pasted", 0.995, exclude=pasted), "pasted")
     assert again.parity.cosine_mean >= 0.995 and again.manifest["qdq_nodes"] == manifest["qdq_nodes"]
 
@@ -104,16 +104,17 @@ def test_sensitivity_ranks_the_planted_sites_first_and_emulates_the_real_artifac
     out = capsys.readouterr().out
     assert done.value.code in (0, None), out
     data = json.loads(report.read_text())
-    assert data["schema"] == "pe-export/sensitivity/1" and data["mode"] == "alone" and data["images"] == 2
-    assert [s["site"] for s in data["sites"][:2]] == SKEWED and len(data["sites"]) == 48
+    assert data["schema"] == "pe-export/sensitivity/1" and data["mode"] == "alone" and data["images"] == 1
+    first = data["sites"][0]["site"]
+    assert sorted(s["site"] for s in data["sites"][:2]) == SKEWED and len(data["sites"]) == 48
     assert data["sites"][1]["cosine_mean"] < 0.995 < data["sites"][2]["cosine_mean"]
     assert data["baselines"]["fp32"]["cosine_mean"] > 0.99999 and data["peak_rss_mb"]["calibration worker"] > 0
-    assert f"| 1 | {SKEWED[0]} | MatMul | 2.8 |" in table.read_text() and f"| 1 | {SKEWED[0]} |" in out
+    assert f"| 1 | {first} | MatMul | 2.8 |" in table.read_text() and f"| 1 | {first} |" in out
     # the emulated "all quantized" configuration is the real artifact's output, up to integer accumulation
     with pytest.raises(CheckFailed):
         _make(folder, models["skewed"], "int8", _profile(folder, "default", 0.995), "real")
-    real = OrtRunner(folder / "real.int8.onnx.rejected" / "real.int8.onnx").run(synthetic_inputs(
-        load_model(SPATIAL, models["skewed"]).variant, 2).batch)
     loaded = load_model(SPATIAL, models["skewed"])
-    reference = reference_outputs(loaded.model, synthetic_inputs(loaded.variant, 2).batch)
+    images = synthetic_inputs(loaded.variant, data["images"]).batch
+    real = OrtRunner(folder / "real.int8.onnx.rejected" / "real.int8.onnx").run(images)
+    reference = reference_outputs(loaded.model, images)
     assert abs(compare(reference, real).cosine_mean - data["baselines"]["all quantized"]["cosine_mean"]) < 2e-4
