@@ -351,6 +351,8 @@ def quantize(
                       f"(min {row.cosine_min:.5f}), max abs {row.max_abs:.3g}, threshold {row.threshold}")
     if m.get("auto_exclude"):
         _print_fallback(m["auto_exclude"], m["exclusions"]["exclude"], precision)
+    elif auto_exclude:
+        console.print("auto-exclude: not needed, every site quantized passes")
 
 
 def _print_fallback(fallback: dict, profile_exclude: list[str], precision: str) -> None:

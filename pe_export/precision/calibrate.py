@@ -8,8 +8,8 @@ dropped before the next. Memory therefore follows `batch_size` and the quantized
 `samples`. With smoothing, a first pass measures the per-channel maxima of the LayerNorm outputs
 that fold into MatMuls (for the entropy method on the first SMOOTHING_IMAGES images: the scales
 balance channels, the ranges are measured after them on every image); the ranges of those tensors
-are then taken of X / s, which is what the smoothed LayerNorm outputs, without writing a smoothed
-copy of the weights.
+are then taken of X / s, which is what the smoothed LayerNorm outputs. The graphs with the extra
+outputs are built in memory and read the weights where they lie: no copy of the model is written.
 
 The work runs in a worker process started as this module (`python -m pe_export.precision.calibrate
 JOB`), so that its memory goes back to the system when it ends, it never imports the caller's main
@@ -70,15 +70,15 @@ def activation_ranges(model: Path, calibration: np.ndarray, batch_size: int, met
     """The symmetric range (absolute maximum) of each tensor in `tensors`, by `method`.
 
     `smoothing` is (alpha, {LayerNorm output: max|W_j| of the weights reading it}): those tensors
-    get smoothing scales and are ranged after division by them. Every file the calibration writes
-    lands in `work`; `progress(pass, images done, total)` follows the batches.
+    get smoothing scales and are ranged after division by them. The job and its results are files
+    in `work`; `progress(pass, images done, total)` follows the batches.
     """
     data = work / "calibration.npy"
     np.save(data, calibration)
     job = work / "job.json"
     alpha, weight_max = smoothing if smoothing else (None, {})
     job.write_text(json.dumps({
-        "model": str(_linked_model(Path(model), work)), "data": str(data), "batch_size": batch_size, "method": method,
+        "model": str(Path(model).resolve()), "data": str(data), "batch_size": batch_size, "method": method,
         "tensors": tensors, "input_name": input_name, "work": str(work), "parent": os.getpid(),
         "providers": [PROVIDERS["cuda"], CPU] if calibration_provider(provider) == "cuda" else [CPU],
         "alpha": alpha, "weight_max": {name: value.tolist() for name, value in weight_max.items()},
@@ -103,16 +103,6 @@ def activation_ranges(model: Path, calibration: np.ndarray, batch_size: int, met
                   {k: np.asarray(v) for k, v in result["channel_max"].items()}, result["peak_rss_mb"])
 
 
-def _linked_model(model: Path, work: Path) -> Path:
-    """The model seen from `work` through links (its external data too), so that the graphs the
-    worker writes there find the weights without a copy of them."""
-    for source in [model, *model.parent.glob(f"{model.name}.data")]:
-        link = work / source.name
-        if not link.exists():
-            link.symlink_to(source.resolve())
-    return work / model.name
-
-
 def _die_with_parent(parent: int) -> None:
     """Ask Linux to kill this worker when its parent dies (a SIGKILLed parent runs no cleanup)."""
     with contextlib.suppress(OSError, AttributeError):
@@ -123,11 +113,12 @@ def _die_with_parent(parent: int) -> None:
 
 # ---- the worker ------------------------------------------------------------------------------------
 
-def _with_outputs(job: dict, name: str, channel_max: list[str], whole: list[str],
-                  divide: dict[str, np.ndarray]) -> tuple[Path, list[str]]:
-    """The model with extra outputs: the per-channel absolute maximum (over every axis but the last)
-    of each tensor in `channel_max`, and each tensor in `whole` as it is, divided by its smoothing
-    scales where `divide` has them. Written beside the model's linked weights, without copying them."""
+def _with_outputs(job: dict, channel_max: list[str], whole: list[str],
+                  divide: dict[str, np.ndarray]) -> tuple[bytes, list[str]]:
+    """The model's graph with extra outputs: the per-channel absolute maximum (over every axis but
+    the last) of each tensor in `channel_max`, and each tensor in `whole` as it is, divided by its
+    smoothing scales where `divide` has them. Its weights stay where they are: external data is
+    read from the model's folder (see `_stream`)."""
     model = onnx.load(job["model"], load_external_data=False)
     graph = model.graph
     ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in [*graph.value_info, *graph.input, *graph.output]}
@@ -156,9 +147,7 @@ def _with_outputs(job: dict, name: str, channel_max: list[str], whole: list[str]
         else:
             names.append(tensor)
     graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names)
-    path = Path(job["work"]) / name
-    onnx.save(model, str(path))
-    return path, names
+    return model.SerializeToString(), names
 
 
 def _batches(job: dict, step: str, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
@@ -171,16 +160,19 @@ def _batches(job: dict, step: str, limit: int | None = None) -> Iterator[dict[st
         print(f"{PROGRESS}{step} {min(start + size, len(calibration))} {len(calibration)}", flush=True)
 
 
-def _stream(job: dict, path: Path, names: list[str], step: str, take: Callable[[str, np.ndarray], None],
+def _stream(job: dict, graph: bytes, names: list[str], step: str, take: Callable[[str, np.ndarray], None],
             limit: int | None = None) -> None:
-    """Run the batches and hand each requested output to `take`, one tensor at a time."""
+    """Run the batches through `graph` and hand each requested output to `take`, one tensor at a time."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
+    # the graph comes from memory: its external weights are those beside the model, read in place
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                     str(Path(job["model"]).parent))
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL  # the tensors as named
     options.enable_cpu_mem_arena = False  # buffers go back as soon as they are dropped, batch after batch
     options.enable_mem_pattern = False
-    session = onnxruntime.InferenceSession(str(path), options, providers=job["providers"])
+    session = onnxruntime.InferenceSession(graph, options, providers=job["providers"])
     for feed in _batches(job, step, limit):
         values = session.run_with_ort_values(
             names, {k: onnxruntime.OrtValue.ortvalue_from_numpy(v) for k, v in feed.items()})
@@ -200,8 +192,8 @@ def _calibrate(job: dict) -> dict:
     measured = list(tensors) if not entropy else sorted(weight_max)
     channel_max: dict[str, np.ndarray] = {}
     if measured:
-        path, names = _with_outputs(job, "channels.onnx", measured, [], {})
-        _stream(job, path, names, "channels", lambda name, value: channel_max.__setitem__(
+        graph, names = _with_outputs(job, measured, [], {})
+        _stream(job, graph, names, "channels", lambda name, value: channel_max.__setitem__(
             name, np.maximum(channel_max[name], value) if name in channel_max else value),
             SMOOTHING_IMAGES if entropy else None)
         channel_max = {tensor: channel_max[name] for tensor, name in zip(measured, names)}
@@ -209,8 +201,8 @@ def _calibrate(job: dict) -> dict:
     if entropy:
         collector = HistogramCollector(method="entropy", symmetric=True, num_bins=_ENTROPY_BINS,
                                        num_quantized_bins=_ENTROPY_BINS, percentile=99.999, scenario="same")
-        path, names = _with_outputs(job, "ranges.onnx", [], tensors, scales)
-        _stream(job, path, names, "ranges", lambda name, value: _quietly(collector.collect, {name: [value]}))
+        graph, names = _with_outputs(job, [], tensors, scales)
+        _stream(job, graph, names, "ranges", lambda name, value: _quietly(collector.collect, {name: [value]}))
         thresholds = _quietly(collector.compute_collection_result)
         amax = {t: float(max(abs(thresholds[n][0]), abs(thresholds[n][1]))) for t, n in zip(tensors, names)}
     else:

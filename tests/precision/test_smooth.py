@@ -97,3 +97,24 @@ def test_smoothed_tensors_are_ranged_after_the_division(tmp_path, method):
     else:  # entropy clips the tail of the smoothed values, never reaching past their maximum
         assert 0.3 * smoothed_max < ranges.amax["n"] <= smoothed_max * 1.001
     assert smoothed_max < float(channel_max.max()) / 5  # the range no longer spent on two channels
+
+
+def test_external_weights_are_read_where_they_lie(tmp_path):
+    """Models past 512 MB keep their weights in a .data file: calibration reads it in place (no copy
+    in the work folder) and gives the same ranges and scales as with the weights inside the model."""
+    x = RNG.standard_normal((3, 4, WIDTH)).astype(np.float32)
+    embedded, external = tmp_path / "embedded" / "ln.onnx", tmp_path / "external" / "ln.onnx"
+    for path in (embedded, external):
+        path.parent.mkdir()
+    onnx.save(_graph(), str(embedded))
+    onnx.save(_graph(), str(external), save_as_external_data=True, location="ln.onnx.data", size_threshold=64)
+    assert (external.parent / "ln.onnx.data").stat().st_size >= W.nbytes
+    results = []
+    for path in (embedded, external):
+        work = path.parent / "work"
+        work.mkdir()
+        results.append(activation_ranges(path, x, 2, "entropy", ["n", "x"], "x", work,
+                                         smoothing=(0.5, {"n": np.abs(W).max(1)})))
+        assert not [p for p in work.iterdir() if p.suffix in (".onnx", ".data")]
+    assert results[0].amax == results[1].amax
+    np.testing.assert_array_equal(results[0].scales["n"], results[1].scales["n"])
