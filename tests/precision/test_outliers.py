@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import onnx
 import pytest
 import yaml
 
@@ -14,8 +15,9 @@ from pe_export.cli import main
 from pe_export.errors import CheckFailed
 from pe_export.model import load_model
 from pe_export.model.stress import save_stressed
+from pe_export.precision import qdq
 from pe_export.precision.calibration import load_calibration
-from pe_export.precision.profiles import load_profile
+from pe_export.precision.profiles import QuantSection, load_profile
 from pe_export.precision.quantize import make_precision
 from pe_export.runners.onnxruntime import OrtRunner
 from pe_export.validate import compare, reference_outputs, synthetic_inputs
@@ -86,21 +88,23 @@ def test_auto_exclude_keeps_the_skewed_sites_and_prints_profile_lines(folder, mo
     # a block's GEMMs do 12 w^2 MACs per token, its c_proj 4 w^2: two c_proj of 12 blocks are 8/144 of the work
     assert fallback["excluded_work_share"] == pytest.approx(8 / 144, abs=1e-4)
     assert "auto-exclude: kept 2 of 48 sites in high precision (5.6% of the quantized GEMM work)" in out
-    # the printed lines, pasted into a profile, make an artifact that passes without the fallback
+    # the printed lines, pasted into a profile, leave out exactly the sites the fallback proved
     pasted = yaml.safe_load(out.split("profile lines:\n", 1)[1])["quantization"]["int8"]["exclude"]
     assert pasted[0] == "^conv1/" and sorted(pasted[1:]) == [f"^{n.replace('.', chr(92) + '.')}$" for n in SKEWED]
-    again = _make(folder, models["skewed"], "int8", _profile(folder, "pasted", 0.995, exclude=pasted), "pasted")
-    assert again.parity.cosine_mean >= 0.995 and again.manifest["qdq_nodes"] == manifest["qdq_nodes"]
+    graph = onnx.load(manifest["source_onnx"]["path"], load_external_data=False).graph
+    everything = {site.node for site in qdq.plan(graph, QuantSection(exclude=["^conv1/"]))}
+    assert everything - {site.node for site in qdq.plan(graph, QuantSection(exclude=pasted))} == set(SKEWED)
 
 
 def test_sensitivity_ranks_the_planted_sites_first_and_emulates_the_real_artifact(folder, models, monkeypatch,
                                                                                  capsys):
     monkeypatch.chdir(folder)
     monkeypatch.setenv("COLUMNS", "200")
-    report, table = folder / "sens.json", folder / "sens.md"
+    report, table, plot = folder / "sens.json", folder / "sens.md", folder / "sens.png"
     with pytest.raises(SystemExit) as done:
         main(["sensitivity", "-v", SPATIAL, "-c", str(models["skewed"]), "--precision", "int8", "--calib", "synthetic",
-              "--profile", str(_profile(folder, "default", 0.995)), "--json", str(report), "--md", str(table)])
+              "--profile", str(_profile(folder, "default", 0.995)), "--json", str(report), "--md", str(table),
+              "--plot", str(plot)])
     out = capsys.readouterr().out
     assert done.value.code in (0, None), out
     data = json.loads(report.read_text())
@@ -110,6 +114,7 @@ def test_sensitivity_ranks_the_planted_sites_first_and_emulates_the_real_artifac
     assert data["sites"][1]["cosine_mean"] < 0.995 < data["sites"][2]["cosine_mean"]
     assert data["baselines"]["fp32"]["cosine_mean"] > 0.99999 and data["peak_rss_mb"]["calibration worker"] > 0
     assert f"| 1 | {first} | MatMul | 2.8 |" in table.read_text() and f"| 1 | {first} |" in out
+    assert plot.read_bytes()[:4] == b"\x89PNG"
     # the emulated "all quantized" configuration is the real artifact's output, up to integer accumulation
     with pytest.raises(CheckFailed):
         _make(folder, models["skewed"], "int8", _profile(folder, "default", 0.995), "real")

@@ -40,6 +40,9 @@ def test_shipped_profiles_are_valid_and_found_by_name():
     jetson = find_profile("pe-lang-l14-jetson-orin")
     assert (jetson.export.target, jetson.export.opset, jetson.batch.max) == ("jetson", 17, 1)
     assert "fp8" not in jetson.precisions and find_profile("pe-lang-l14-cpu-edge").tensorrt is None
+    for path in profile_files():  # each says how calibration is meant to be done
+        text = path.read_text()
+        assert "--calib <folder or glob>" in text and "--calib synthetic" in text and "--random-init" in text, path
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import ml_dtypes
 import numpy as np
 import onnx
@@ -101,27 +105,31 @@ def test_streamed_ranges_cover_every_batch(tmp_path):
 @pytest.mark.parametrize("method", ["max", "entropy"])
 def test_streamed_ranges_equal_onnxruntime_calibrators(tmp_path, method):
     """Only the tensors placement needs leave the graph, batch by batch, and the ranges are exactly
-    those of onnxruntime's own calibrator over every input and output of every MatMul."""
-    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
-
+    those of onnxruntime's own calibrator over every input and output of every MatMul (run in a
+    fresh interpreter: ModelOpt, once imported, patches onnxruntime's calibrators)."""
     path = tmp_path / "mlp.onnx"
     onnx.save(_mlp(), str(path))
     data = RNG.standard_normal((5, 4, 8)).astype(np.float32)
+    np.save(tmp_path / "data.npy", data)
     ours = activation_ranges(path, data, 2, method, ["h", "x"], "x", tmp_path).amax
-    calibrator = create_calibrator(
-        str(path), ["MatMul"], augmented_model_path=str(tmp_path / "augmented.onnx"), extra_options={"symmetric": True},
-        calibrate_method=CalibrationMethod.Entropy if method == "entropy" else CalibrationMethod.MinMax)
-    for start in range(0, len(data), 2):
-        calibrator.collect_data(_Reader([{"x": data[start:start + 2]}]))
-    theirs = calibrator.compute_data()
-    assert ours == {name: float(max(np.abs(v).max() for v in theirs[name].range_value)) for name in ("h", "x")}
+    reference = subprocess.run([sys.executable, "-c", _ONNXRUNTIME_RANGES, str(path), str(tmp_path), method],
+                               capture_output=True, text=True, check=True)
+    assert ours == json.loads(reference.stdout.splitlines()[-1])
 
 
-class _Reader:
-    """onnxruntime's CalibrationDataReader protocol over a list of feeds."""
+_ONNXRUNTIME_RANGES = """
+import json, sys
+import numpy as np
+from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
-    def __init__(self, feeds: list[dict]):
-        self.feeds = feeds
-
-    def get_next(self) -> dict | None:
-        return self.feeds.pop(0) if self.feeds else None
+path, folder, method = sys.argv[1:]
+data = np.load(f"{folder}/data.npy")
+calibrator = create_calibrator(path, ["MatMul"], augmented_model_path=f"{folder}/augmented.onnx",
+                               extra_options={"symmetric": True},
+                               calibrate_method=CalibrationMethod.Entropy if method == "entropy" else CalibrationMethod.MinMax)
+for start in range(0, len(data), 2):
+    feeds = [{"x": data[start:start + 2]}]
+    calibrator.collect_data(type("Reader", (), {"get_next": lambda self: feeds.pop() if feeds else None})())
+ranges = calibrator.compute_data()
+print(json.dumps({n: float(max(np.abs(v).max() for v in ranges[n].range_value)) for n in ("h", "x")}))
+"""
