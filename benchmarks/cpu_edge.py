@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from pe_export.runners import BACKENDS, Runner, open_runner
 from pe_export.runners.device import cpu_name
 from pe_export.validate import ParityFigures, compare, synthetic_inputs
 from pe_export.versions import versions
-from precision_table import run_measured
+from measured import run_measured  # beside this script
 
 # issue 13's targets for the best path pe-export ships (batch 1 against torch eager fp32, same run)
 MAX_RATIO, MIN_COSINE = 0.25, 0.999
@@ -80,7 +79,7 @@ def main() -> None:
             cosines[backend, precision] = compare(reference, _one_by_one(runner, parity_batch))
         return runner
 
-    built = ["torch", "onnxruntime", *(["openvino"] if all(c["ok"] for c in costs.values()) else [])]
+    built = ["torch", "onnxruntime", *(["openvino"] if all(c["code"] == 0 for c in costs.values()) else [])]
     batches = [int(b) for b in args.batches.split(",")]
     rows = []
     for chosen, iters in ((batches[:1], args.iters), (batches[1:], args.batched_iters)):
@@ -105,14 +104,13 @@ def _say(step: str) -> None:
 
 def _ir_cost(args, variant, profile, precision: str) -> dict:
     """`pe-export openvino` in a fresh process, from the ONNX made above: wall time and peak RSS."""
-    command = [sys.executable, "-m", "pe_export.cli", "openvino", "-v", variant.name, "--random-init",
-               "--precision", precision, *(["--profile", args.profile] if args.profile else [])]
     _say(f"pe-export openvino --precision {precision}")
-    cost = run_measured(command)
+    cost = run_measured(["openvino", "-v", variant.name, "--random-init", "--precision", precision,
+                         *(["--profile", args.profile] if args.profile else [])])
     path = ir_path(variant, profile, precision)
-    manifest = json.loads(path.with_name(path.name + ".json").read_text()) if cost["ok"] else {}
+    manifest = json.loads(path.with_name(path.name + ".json").read_text()) if cost["code"] == 0 else {}
     weights_gib = variant.parameters * 4 / 2**30
-    return {**cost, "rss_over_weights": round(cost["peak_rss_gib"] / weights_gib, 2),
+    return {**cost, "rss_over_weights": round(cost["max_rss_gib"] / weights_gib, 2),
             "ir_mib": round(sum(f["bytes"] for f in manifest.get("files", {}).values()) / 2**20, 1),
             "inference_precision": manifest.get("inference_precision")}
 
@@ -166,9 +164,9 @@ def _targets(rows: list[dict], costs: dict, profile, batch: int) -> list[dict]:
                        chosen == f"{best['runtime']} {best['precision']}", chosen))
     for precision, cost in costs.items():
         checks.append((f"IR export {precision} <= {MAX_IR_SECONDS} s and <= {MAX_IR_RSS_OVER_WEIGHTS}x the fp32 weights",
-                       cost["ok"] and cost["seconds"] <= MAX_IR_SECONDS
+                       cost["code"] == 0 and cost["seconds"] <= MAX_IR_SECONDS
                        and cost["rss_over_weights"] <= MAX_IR_RSS_OVER_WEIGHTS,
-                       f"{cost['seconds']} s, {cost['peak_rss_gib']} GiB = {cost['rss_over_weights']}x"))
+                       f"{cost['seconds']} s, {cost['max_rss_gib']} GiB = {cost['rss_over_weights']}x"))
     return [{"target": name, "met": bool(met), "figure": figure} for name, met, figure in checks]
 
 
@@ -187,7 +185,7 @@ def _markdown(report: dict) -> str:
                      + f" | {r['cosine_mean']:.5f} | {r['cosine_min']:.5f} | {'yes' if r['passes'] else 'NO'} |")
     lines += ["", "| OpenVINO IR | float ops in | wall s | peak RSS GiB | RSS / fp32 weights | IR MiB |", "|---|---|---|---|---|---|"]
     for precision, c in report["ir_export"].items():
-        lines.append(f"| {precision} | {c['inference_precision']} | {c['seconds']} | {c['peak_rss_gib']} | "
+        lines.append(f"| {precision} | {c['inference_precision']} | {c['seconds']} | {c['max_rss_gib']} | "
                      f"{c['rss_over_weights']} | {c['ir_mib']} |")
     lines += ["", "| target | met | figure |", "|---|---|---|"]
     lines += [f"| {t['target']} | {'yes' if t['met'] else 'NO'} | {t['figure']} |" for t in report["targets"]]

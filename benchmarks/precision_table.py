@@ -1,6 +1,6 @@
 """Precision variants of one variant on onnxruntime CPU: file size, latency, parity, and the cost
-of making each (wall time of `pe-export quantize`, one fresh process each, and the peak of the
-summed RSS of that process and its calibration child, sampled every 0.2 s).
+of making each (wall time of `pe-export quantize`, one fresh process each, and the largest
+resident set any process of it reached, as the kernel records it: see measured.py).
 
     python benchmarks/precision_table.py --variant L14 --samples 32 --iters 5
 
@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
 
+from measured import run_measured  # beside this script
 from pe_export.bench.latency import summarize, wall_ms
 from pe_export.precisions import PRECISIONS as TABLE
 from pe_export.runners.onnxruntime import OrtRunner
@@ -48,17 +47,19 @@ def main() -> None:
         "quantization": {"int8": {"exclude": ["^conv1/"]}, "fp8": {"exclude": ["^conv1/"]}},
     }))
     fp32 = folder / f"{variant.name}.fp32.onnx"
-    cost = {"fp32": run_measured([sys.executable, "-m", "pe_export.cli", "onnx", "-v", variant.name, "--random-init",
-                          "--target", "ort", "-o", str(fp32)]) if args.fresh or not fp32.exists() else {"seconds": None, "ok": True}}
+    cost = {"fp32": run_measured(["onnx", "-v", variant.name, "--random-init", "--target", "ort", "-o", str(fp32)])
+            if args.fresh or not fp32.exists() else {"seconds": None, "code": 0}}
     paths = {"fp32": fp32}
     for precision in PRECISIONS:
         path = folder / f"{variant.name}.{precision}.onnx"
         paths[precision] = path
         if precision not in args.make.split(",") and path.exists():
-            cost[precision] = {"seconds": None, "ok": True}  # made by an earlier run; its manifest has the figures
+            cost[precision] = {"seconds": None, "code": 0}  # made by an earlier run; its manifest has the figures
             continue
-        cost[precision] = run_measured([sys.executable, "-m", "pe_export.cli", "quantize", "-v", variant.name, "--random-init",
-                                "--precision", precision, "--profile", str(profile), "-o", str(path)])
+        cost[precision] = run_measured(["quantize", "-v", variant.name, "--random-init", "--precision", precision,
+                                        "--profile", str(profile), "-o", str(path)])
+        if cost[precision]["code"]:
+            print(f"quantize {precision} failed: {cost[precision]['error']}", file=sys.stderr)
 
     runnable = {p: path for p, path in paths.items() if TABLE[p].runs_on_ort_cpu and path.exists()}
     runners = {p: OrtRunner(path, threads=args.threads) for p, path in runnable.items()}
@@ -81,53 +82,19 @@ def main() -> None:
             "ratio_vs_fp32": stats[p].p50 / stats["fp32"].p50 if p in stats else None,
             "cosine_mean": parity.get("cosine_mean"), "cosine_min": parity.get("cosine_min"), "max_abs": parity.get("max_abs"),
             "note": parity.get("note"), "make_seconds": cost[p]["seconds"] or manifest.get("seconds"),
-            "make_peak_rss_gib": cost[p].get("peak_rss_gib"), "ok": cost[p]["ok"],
+            "make_max_rss_gib": cost[p].get("max_rss_gib"), "ok": cost[p]["code"] == 0,
         })
     (folder / "precision_table.json").write_text(json.dumps({"variant": variant.name, "threads": args.threads,
                                                              "iters": args.iters, "rows": rows}, indent=2))
     print(f"\n{variant.name}, onnxruntime CPU, batch 1, {args.threads} threads, {args.iters} timed runs; "
           f"calibration {args.samples} synthetic samples\n")
-    print("| precision | file MB | p50 ms | vs fp32 ONNX | token cosine mean | min | max abs | make s | make peak RSS GiB |")
+    print("| precision | file MB | p50 ms | vs fp32 ONNX | token cosine mean | min | max abs | make s | make max RSS GiB |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
         print(f"| {r['precision']} | {r['file_mb']} | {f(r['p50_ms'], '.0f')} | {f(r['ratio_vs_fp32'], '.2f')} | "
               f"{f(r['cosine_mean'], '.5f') if r['note'] is None else r['note']} | {f(r['cosine_min'], '.5f')} | "
-              f"{f(r['max_abs'], '.3g')} | {r['make_seconds']} | {f(r['make_peak_rss_gib'], '.2f')} |")
-
-
-def run_measured(command: list[str]) -> dict:
-    """Run one CLI step in its own process: its wall time and the peak RSS of its process tree."""
-    start = time.perf_counter()
-    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as process:
-        peak = 0
-        while process.poll() is None:
-            peak = max(peak, _tree_rss(process.pid))
-            time.sleep(0.2)
-        stderr = process.stderr.read()
-    if process.returncode:
-        print(f"{' '.join(command[3:])} failed: {stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-    return {"seconds": round(time.perf_counter() - start, 1), "ok": process.returncode == 0,
-            "peak_rss_gib": round(peak / 2**30, 2)}
-
-
-def _tree_rss(root: int) -> int:
-    """Bytes resident in `root` and all its descendants, from /proc (Linux)."""
-    parents, rss = {}, {}
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
-        except OSError:  # the process ended while being read
-            continue
-        pid = int(status.parent.name)
-        parents[pid] = int(fields["PPid"])
-        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
-    tree, grew = {root}, True
-    while grew:
-        more = {pid for pid, parent in parents.items() if parent in tree} - tree
-        tree |= more
-        grew = bool(more)
-    return sum(rss.get(pid, 0) for pid in tree)
+              f"{f(r['max_abs'], '.3g')} | {r['make_seconds']} | {f(r['make_max_rss_gib'], '.2f')} |")
 
 
 if __name__ == "__main__":

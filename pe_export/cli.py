@@ -324,28 +324,99 @@ def quantize(
     calib: Annotated[Optional[str], typer.Option(help="Calibration images: a folder, a glob ('photos/**/*.jpg') or 'synthetic'. Overrides the profile.")] = None,
     samples: Annotated[Optional[int], typer.Option(help="Calibration sample count. Overrides the profile.", min=1)] = None,
     output: Annotated[Optional[Path], typer.Option("--output-path", "-o", help="The .onnx to write. Default: beside the fp32 ONNX, named .<precision>.onnx")] = None,
+    auto_exclude: Annotated[bool, flag("--auto-exclude", help="int8/fp8: on a parity miss, keep the fewest most sensitive sites in high precision until it passes (ranked by sensitivity, proven by real parity runs); prints the exclusions for the profile.")] = False,
 ) -> None:
     """Make an FP16/BF16 or INT8/FP8 ONNX from the fp32 export (made or reused), proven against torch fp32.
 
-    Example: pe-export quantize -v L14 --random-init --precision int8 --profile pe-lang-l14-datacenter --calib photos/
+    With real weights, int8/fp8 calibrate on the images --calib names; --calib synthetic calibrates
+    on noise (demos only).
+
+    Example: pe-export quantize -v L14 -c PE-Lang-L14-448.pt --precision int8 --profile pe-lang-l14-datacenter --calib photos/
     """
     from pe_export.precision.quantize import quantize_variant
 
     with stages("checking the request") as progress:
         result = quantize_variant(source, precision, profile=profile, calib=calib, samples=samples, output=output,
-                                  progress=progress)
+                                  auto_exclude=auto_exclude, progress=progress)
     m, row = result.manifest, result.parity
     console.print(f"[green]wrote[/] {result.path} ({precision}, Q/DQ nodes {m['qdq_nodes']['QuantizeLinear']}+"
                   f"{m['qdq_nodes']['DequantizeLinear']}, {m['seconds']} s)")
     if m["calibration"]:
         c = m["calibration"]
-        console.print(f"calibration: {c['count']} samples from {c['source']} ({c['skipped']} unreadable skipped), "
-                      f"method {m['method']}")
+        console.print(f"calibration: {c['count']} samples from {c['source']} ({c['skipped']} unreadable skipped, "
+                      f"sha256 {c['sha256'][:16]}), method {m['method']}")
+    if m.get("smoothing"):
+        sm = m["smoothing"]
+        ratio = sm["largest_channel_over_median"]
+        console.print(f"smoothing a={sm['alpha']} on {sm['pairs']} LayerNorm -> MatMul pairs: largest channel "
+                      f"{ratio['before']}x the median before, {ratio['after']}x after")
     if row.passed is None:
         console.print(f"parity: {row.note}")
     else:
         console.print(f"parity vs torch fp32 (onnxruntime CPU): token cosine mean {row.cosine_mean:.5f} "
                       f"(min {row.cosine_min:.5f}), max abs {row.max_abs:.3g}, threshold {row.threshold}")
+    if m.get("auto_exclude"):
+        _print_fallback(m["auto_exclude"], m["exclusions"]["exclude"], precision)
+    elif auto_exclude:
+        console.print("auto-exclude: not needed, every site quantized passes")
+
+
+def _print_fallback(fallback: dict, profile_exclude: list[str], precision: str) -> None:
+    """What the automatic fallback kept in high precision, what it cost, and the profile lines that make it again."""
+    runs = len(fallback["tried"])
+    console.print(f"auto-exclude: kept {len(fallback['excluded'])} of {fallback['sites']} sites in high precision "
+                  f"({100 * fallback['excluded_work_share']:.1f}% of the quantized GEMM work), "
+                  f"{fallback['seconds']} s (ranking {fallback['ranking_seconds']} s, {runs} parity run{'s' * (runs > 1)})")
+    patterns = ", ".join(f"'{p}'" for p in [*profile_exclude, *fallback["exclude_patterns"]])
+    sys.stdout.write(f"profile lines:\nquantization:\n  {precision}:\n    exclude: [{patterns}]\n")
+
+
+SENSITIVITY_MODE = Choice("mode", ("alone", "kept"))
+
+
+@app.command()
+@model_command
+def sensitivity(
+    source: ModelSource,
+    precision: Annotated[str, Choice("precision", ("int8", "fp8")).option(help="The Q/DQ precision whose sites to rank.")],
+    profile: Annotated[Optional[str], typer.Option(help="A profile name or YAML file: calibration, op types, exclusions.")] = None,
+    calib: Annotated[Optional[str], typer.Option(help="Calibration images: a folder, a glob or 'synthetic'. Overrides the profile.")] = None,
+    samples: Annotated[Optional[int], typer.Option(help="Calibration sample count. Overrides the profile.", min=1)] = None,
+    images: Annotated[int, typer.Option(help="Seeded inputs each configuration is scored on (one image's tokens rank the sites as well as two).", min=1)] = 1,
+    mode: Annotated[str, SENSITIVITY_MODE.option(help="alone: each site quantized alone; kept: each site alone in high precision, the rest quantized.")] = "alone",
+    threads: Annotated[Optional[int], typer.Option(help="Threads for onnxruntime CPU.", min=1)] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the ranking as JSON (schema pe-export/sensitivity/1).")] = None,
+    md_path: Annotated[Optional[Path], typer.Option("--md", help="Write the ranking as a Markdown table.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG bar chart of the most damaging sites.")] = None,
+) -> None:
+    """Rank every quantized site (a GEMM or convolution with its Q/DQ pairs) by the damage it does to the output.
+
+    All configurations are emulated in one onnxruntime session (a mask per sample turns each
+    site's Q/DQ on), scored by token cosine and max abs against torch fp32.
+
+    Example: pe-export sensitivity -v L14 -c PE-Lang-L14-448.pt --precision int8 --calib photos/ --json sens.json --plot sens.png
+    """
+    from pe_export.precision.quantize import sensitivity_variant
+
+    if plot:
+        from pe_export.bench.plot import require_plotting
+
+        require_plotting()
+    with stages("checking the request") as progress:
+        report = sensitivity_variant(source, precision, profile=profile, calib=calib, samples=samples, images=images,
+                                     mode=mode, threads=threads, progress=progress)  # type: ignore[arg-type]
+    console.print(", ".join(f"{name}: token cosine mean {f['cosine_mean']:.5f}" for name, f in report.baselines.items())
+                  + f"; threshold {report.threshold}; {report.seconds} s", highlight=False)
+    _print_table("sensitivity", report.records(), False)
+    for path, write in ((json_path, report.write_json), (md_path, lambda p: p.write_text(report.to_markdown()))):
+        if path:
+            write(path)
+            console.print(f"wrote {path}")
+    if plot:
+        from pe_export.bench.plot import plot_sensitivity
+
+        plot_sensitivity(report, plot)
+        console.print(f"plot: {plot}")
 
 
 @app.command()

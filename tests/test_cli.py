@@ -48,6 +48,14 @@ def test_info_random_init(capsys, monkeypatch):
         (["info", "-v", "PE-Spatial-T16-512", "-c", "{PE-Core-T16-384}"], "is a PE-Core-T16-384 checkpoint"),
         (["info", "-v", "L14", "-c", "/no/such/file.pt"], "checkpoint not found"),
         (["info", "-v", "L14", "-c", "x.pt", "--random-init"], "either --checkpoint or --random-init"),
+        (["quantize", "-v", "PE-Spatial-T16-512", "-c", "{PE-Spatial-T16-512}", "--precision", "int8"],
+         "int8 of real weights needs real calibration images: give --calib a folder or glob"),
+        (["sensitivity", "-v", "PE-Spatial-T16-512", "-c", "{PE-Spatial-T16-512}", "--precision", "fp8"],
+         "fp8 of real weights needs real calibration images"),
+        (["openvino", "-v", "PE-Spatial-T16-512", "-c", "{PE-Spatial-T16-512}", "--precision", "int8"],
+         "int8 of real weights needs real calibration images"),
+        (["quantize", "-v", "PE-Spatial-T16-512", "--random-init", "--precision", "fp16", "--auto-exclude"],
+         "--auto-exclude chooses Q/DQ sites to keep in high precision; fp16 has none"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(fixtures, capsys, args, message):

@@ -16,7 +16,8 @@ from pe_export.model.head import OutputHead
 from pe_export.onnx.export import default_output_path, resolve
 from pe_export.precision.convert import require_tools
 from pe_export.precision.profiles import Profile, cpu_profile, resolve_profile
-from pe_export.precision.quantize import PARITY_SAMPLES, PrecisionResult, export_options, precision_onnx
+from pe_export.precision.quantize import (PARITY_SAMPLES, PrecisionResult, export_options, precision_onnx,
+                                         require_real_calibration)
 from pe_export.precisions import get_precision
 from pe_export.report import ParityRow
 from pe_export.runners.device import cpu_name
@@ -60,6 +61,7 @@ def openvino_variant(
     require_precision(precision)
     chosen.require(precision)
     require_tools(source_precision(precision))
+    require_real_calibration(source, chosen, source_precision(precision), calib)
     if output:
         artifacts.prepare_destination(Path(output))
     progress("loading weights")

@@ -22,11 +22,13 @@ class CalibrationSet:
     source: str
     files: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # unreadable images, never dropped silently
-    sha256: str = ""
+    sha256: str = ""  # of the bytes calibration read: the image files used, or the synthetic batch
+    bytes: int = 0  # how many bytes that hash covers
 
     def describe(self) -> dict:
         return {"source": self.source, "count": len(self.batch), "files": len(self.files),
-                "skipped": len(self.skipped), "skipped_files": self.skipped[:20], "sha256": self.sha256}
+                "skipped": len(self.skipped), "skipped_files": self.skipped[:20], "sha256": self.sha256,
+                "bytes": self.bytes}
 
 
 def image_files(source: str) -> list[Path]:
@@ -58,13 +60,13 @@ def load_calibration(source: str, samples: int, size: int, seed: int = 0, allow_
     if source == SYNTHETIC:
         rng = np.random.default_rng(seed + 100)  # apart from the parity inputs' seeds
         batch = (rng.random((samples, 3, size, size), dtype=np.float32) * 2 - 1).astype(np.float32)
-        return CalibrationSet(batch, SYNTHETIC, sha256=hashlib.sha256(batch.tobytes()).hexdigest())
+        return CalibrationSet(batch, SYNTHETIC, sha256=hashlib.sha256(batch.tobytes()).hexdigest(), bytes=batch.nbytes)
     files = image_files(source)
     if not files:
         raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in calibration source {source!r}")
     random.Random(seed).shuffle(files)
     images, used, skipped = [], [], []
-    digest = hashlib.sha256()
+    digest, hashed = hashlib.sha256(), 0
     for path in files:
         if len(images) == samples:
             break
@@ -74,7 +76,9 @@ def load_calibration(source: str, samples: int, size: int, seed: int = 0, allow_
             skipped.append(str(path))
             continue
         used.append(str(path))
-        digest.update(path.read_bytes())
+        data = path.read_bytes()
+        digest.update(data)
+        hashed += len(data)
     if len(images) < samples and not allow_fewer:
         raise UsageError(
             f"only {len(images)} usable images in {source!r} for {samples} samples ({len(skipped)} unreadable); "
@@ -82,4 +86,4 @@ def load_calibration(source: str, samples: int, size: int, seed: int = 0, allow_
         )
     if not images:
         raise UsageError(f"none of the {len(skipped)} images in {source!r} could be read")
-    return CalibrationSet(np.stack(images), source, used, skipped, digest.hexdigest())
+    return CalibrationSet(np.stack(images), source, used, skipped, digest.hexdigest(), hashed)

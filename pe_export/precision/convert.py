@@ -1,18 +1,19 @@
 """From the fp32 ONNX to a precision variant: fp16/bf16 by NVIDIA ModelOpt's AutoCast mixed
-precision (imported lazily), int8/fp8 by explicit Q/DQ from streamed calibration ranges."""
+precision (imported lazily), int8/fp8 by explicit Q/DQ from streamed calibration ranges, after the
+outlier smoothing the profile asks for."""
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from pe_export.errors import PeExportError, require_extra
-from pe_export.precision import qdq
-from pe_export.precision.calibrate import activation_amax
+from pe_export.precision import qdq, smooth
+from pe_export.precision.calibrate import Ranges, activation_ranges
 from pe_export.precision.profiles import ROPE_NODES, CalibrationSection, MixedSection, QuantSection
 from pe_export.precisions import get_precision
 from pe_export.quiet import quiet
@@ -38,8 +39,7 @@ def mixed_precision(source: Path, target: Path, precision: str, section: MixedSe
             providers=["cpu"],
         )
     drop_guessed_shapes(model.graph)
-    onnx.save(model, str(target), save_as_external_data=external,
-              location=f"{target.name}.data" if external else None, all_tensors_to_one_file=True)
+    save_model(model, target, external)
 
 
 def drop_guessed_shapes(graph: onnx.GraphProto) -> None:
@@ -64,20 +64,61 @@ def calibration_method(precision: str, method: str) -> str:
     return get_precision(precision).calibration_method or method
 
 
-def quantize_qdq(source: Path, target: Path, precision: str, section: QuantSection, calibration: np.ndarray,
-                 settings: CalibrationSection, input_name: str, external: bool,
-                 progress: Callable[[int, int], None] = lambda done, total: None) -> None:
-    """Explicit, symmetric Q/DQ (per-channel weights) from ranges streamed on CPU; `progress` follows
-    the calibration images."""
-    model = onnx.load(str(source), load_external_data=False)
-    sites = qdq.plan(model.graph, section)
+@dataclass(frozen=True)
+class Calibrated:
+    """Everything Q/DQ placement needs from calibration, kept so that placement can be redone with
+    other sites excluded (automatic fallback) without calibrating again."""
+
+    source: Path  # the fp32 ONNX
+    precision: str
+    sites: list[qdq.Site]
+    ranges: Ranges
+    pairs: list[smooth.Pair]  # the LayerNorm -> MatMul pairs the smoothing scales fold into
+    alpha: float | None
+
+    def smoothing_summary(self) -> dict | None:
+        """What the migration did, for the manifest: how far the largest channel stood out before and after."""
+        if self.alpha is None:
+            return None
+        before = [smooth.outlier_ratio(self.ranges.channel_max[p.tensor]) for p in self.pairs]
+        after = [smooth.outlier_ratio(self.ranges.channel_max[p.tensor] / self.ranges.scales[p.tensor]) for p in self.pairs]
+        return {"alpha": self.alpha, "pairs": len(self.pairs),
+                "largest_channel_over_median": {"before": round(max(before, default=1.0), 2),
+                                                "after": round(max(after, default=1.0), 2)}}
+
+
+def calibrate(source: Path, precision: str, section: QuantSection, calibration: np.ndarray,
+              settings: CalibrationSection, input_name: str, work: Path,
+              progress: Callable[[str, int, int], None] = lambda step, done, total: None) -> Calibrated:
+    """Plan the Q/DQ sites, find the smoothing pairs and stream the calibration set (in `work`)."""
+    graph = onnx.load(str(source), load_external_data=False).graph
+    sites = qdq.plan(graph, section)
     if not sites:
         raise PeExportError(f"no node is left to quantize to {precision}: check the profile's op_types and exclude")
-    with tempfile.TemporaryDirectory(dir=target.parent) as work:
-        amax = activation_amax(source, calibration, settings.batch_size, calibration_method(precision, settings.method),
-                               list(section.op_types), input_name, Path(work), settings.provider, progress)
-    onnx.load_external_data_for_model(model, str(source.parent))
-    qdq.insert_qdq(model, sites, amax, precision)
+    pairs = smooth.pairs(graph, sites) if section.smoothing is not None else []
+    weight_max = {p.tensor: smooth.weight_row_max(graph, p, source.parent) for p in pairs}
+    ranges = activation_ranges(source, calibration, settings.batch_size, calibration_method(precision, settings.method),
+                               qdq.activations(sites), input_name, work, settings.provider,
+                               (section.smoothing, weight_max) if pairs else None, progress)
+    return Calibrated(source, precision, sites, ranges, pairs, section.smoothing)
+
+
+def smoothed_model(calibrated: Calibrated) -> onnx.ModelProto:
+    """The fp32 model, weights loaded, with the smoothing scales folded in (the same function)."""
+    model = onnx.load(str(calibrated.source))
+    smooth.fold(model, calibrated.pairs, calibrated.ranges.scales)
+    return model
+
+
+def quantized_model(calibrated: Calibrated, excluded: frozenset[str] = frozenset()) -> onnx.ModelProto:
+    """The smoothed model with Q/DQ pairs on every site whose node is not in `excluded`."""
+    model = smoothed_model(calibrated)
+    qdq.insert_qdq(model, [s for s in calibrated.sites if s.node not in excluded], calibrated.ranges.amax,
+                   calibrated.precision)
+    return model
+
+
+def save_model(model: onnx.ModelProto, target: Path, external: bool) -> None:
     onnx.save(model, str(target), save_as_external_data=external,
               location=f"{target.name}.data" if external else None, all_tensors_to_one_file=True)
 

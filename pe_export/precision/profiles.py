@@ -74,6 +74,11 @@ class QuantSection(Strict):
     op_types: list[str] = ["MatMul", "Gemm", "Conv"]
     exclude: list[str] = Field([], description="regular expressions over node names, e.g. '^conv1/'")
     quantize_attention: bool = False
+    smoothing: Optional[float] = Field(
+        0.5, ge=0, le=1, description="SmoothQuant migration strength a for every LayerNorm -> MatMul pair "
+        "(s = max|X|^a / max|W|^(1-a)); null turns it off")
+    auto_exclude: bool = Field(
+        False, description="on a parity miss, keep the most sensitive GEMMs in high precision until it passes")
 
 
 class MixedSection(Strict):
@@ -85,7 +90,7 @@ class QuantizationSection(Strict):
     fp16: MixedSection = MixedSection()
     bf16: MixedSection = MixedSection()
     int8: QuantSection = QuantSection()
-    fp8: QuantSection = QuantSection(op_types=["MatMul", "Gemm", "Conv"])
+    fp8: QuantSection = QuantSection()
 
 
 class TensorRTSection(Strict):
@@ -146,6 +151,11 @@ class Profile(Strict):
     def deployed_precision(self, runtime: str) -> str | None:
         """The precision this profile ships on `runtime`, if it ships on that runtime."""
         return self.deploy.precision if self.deploy and self.deploy.runtime == runtime else None
+
+    def with_auto_exclude(self, precision: str) -> "Profile":
+        """This profile with the automatic fallback on for `precision` (int8 or fp8)."""
+        section = getattr(self.quantization, precision).model_copy(update={"auto_exclude": True})
+        return self.model_copy(update={"quantization": self.quantization.model_copy(update={precision: section})})
 
     def threshold(self, precision: str) -> float:
         return {**default_thresholds(), **self.parity}[precision]

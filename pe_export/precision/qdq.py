@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -87,11 +88,7 @@ def insert_qdq(model: onnx.ModelProto, sites: list[Site], amax: dict[str, float]
     rewired: dict[tuple[str, int], str] = {}
     for site in sites:
         if site.tensor not in pairs:
-            if site.axis is None:
-                scale = np.array(max(amax[site.tensor], TINY) / QMAX[precision], dtype=np.float32)
-            else:
-                scale = _channel_scale(numpy_helper.to_array(weights[site.tensor]), site.axis, precision)
-            pairs[site.tensor] = _pair(graph, site, scale, precision)
+            pairs[site.tensor] = quantizer(graph, site, site_scale(site, amax, weights, precision), precision)
         rewired[(site.node, site.index)] = pairs[site.tensor][-1].output[0]
 
     placed: set[str] = set()
@@ -109,14 +106,30 @@ def insert_qdq(model: onnx.ModelProto, sites: list[Site], amax: dict[str, float]
     return len(pairs)
 
 
-def _channel_scale(weight: np.ndarray, axis: int, precision: str) -> np.ndarray:
-    other = tuple(a for a in range(weight.ndim) if a != axis)
-    amax = np.abs(weight).max(axis=other)
-    return (np.maximum(amax, TINY) / QMAX[precision]).astype(np.float32)
+def site_scale(site: Site, amax: dict[str, float], weights: dict[str, onnx.TensorProto], precision: str) -> np.ndarray:
+    """The symmetric scale of a site: per tensor from the calibrated range for an activation, per
+    output channel from the weight itself for a weight."""
+    if site.axis is None:
+        return np.array(max(amax[site.tensor], TINY) / QMAX[precision], dtype=np.float32)
+    weight = numpy_helper.to_array(weights[site.tensor])
+    other = tuple(a for a in range(weight.ndim) if a != site.axis)
+    return (np.maximum(np.abs(weight).max(axis=other), TINY) / QMAX[precision]).astype(np.float32)
 
 
-def _pair(graph: onnx.GraphProto, site: Site, scale: np.ndarray, precision: str) -> list[onnx.NodeProto]:
-    """Q and DQ nodes for one tensor, named after its first reader so engine logs point at the model."""
+def dequantized(value: np.ndarray, scale: np.ndarray, axis: int | None, precision: str) -> np.ndarray:
+    """DQ(Q(value)) as the ONNX operators define it (onnxruntime's arithmetic): divide by the scale,
+    saturate, round half to even (fp8: to the nearest float8 e4m3fn), multiply back."""
+    if axis is not None:
+        scale = np.expand_dims(scale, tuple(a for a in range(value.ndim) if a != axis))
+    if precision == "int8":
+        return (np.clip(np.rint(value / scale), -128, 127) * scale).astype(np.float32)
+    grid = np.clip(value / scale, -QMAX["fp8"], QMAX["fp8"]).astype(ml_dtypes.float8_e4m3fn)
+    return (grid.astype(np.float32) * scale).astype(np.float32)
+
+
+def quantizer(graph: onnx.GraphProto, site: Site, scale: np.ndarray, precision: str) -> list[onnx.NodeProto]:
+    """Q and DQ nodes for one tensor (their scale and zero point added to the graph's initializers),
+    named after its first reader so engine logs point at the model."""
     role = "weight" if site.axis is not None else f"input{site.index}"
     prefix = f"{site.node}/{role}_quantizer"
     zero = helper.make_tensor(f"{prefix}/zero_point", QUANT_TYPES[precision], scale.shape, np.zeros(scale.shape).ravel())

@@ -12,7 +12,7 @@ from pe_export.errors import TensorRTUnavailable, UsageError
 from pe_export.model import LoadedModel, ModelSource
 from pe_export.precision.convert import require_tools
 from pe_export.precision.profiles import Profile, resolve_profile
-from pe_export.precision.quantize import precision_onnx
+from pe_export.precision.quantize import precision_onnx, require_real_calibration
 from pe_export.precisions import get_precision
 from pe_export.runners.tensorrt import incompatibility
 from pe_export.runners.tensorrt_env import Gpu, current_gpu, import_tensorrt
@@ -101,6 +101,7 @@ def trt_variant(
     chosen.require(precision)
     require_gpu_for(precision, gpu)
     require_tools(precision)
+    require_real_calibration(source, chosen, precision, calib)
     settings = build_settings(chosen, precision, **overrides)
     check_dla(settings.dla_core)
     if output:

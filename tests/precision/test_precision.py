@@ -14,6 +14,7 @@ from PIL import Image
 from pe_export import artifacts
 from pe_export.errors import PeExportError, UsageError
 from pe_export.model import ModelSource, load_model
+from pe_export.model.preprocess import preprocess_batch
 from pe_export.onnx.export import ExportOptions, ensure_onnx
 from pe_export.precision.calibration import load_calibration
 from pe_export.precision.profiles import find_profile, load_profile, profile_files
@@ -42,6 +43,9 @@ def test_shipped_profiles_are_valid_and_found_by_name():
     edge = find_profile("pe-lang-l14-cpu-edge")
     assert (edge.deployed_precision("openvino"), edge.deployed_precision("onnxruntime")) == ("int8", None)
     assert edge.threshold("int8") == 0.999 and jetson.deploy is None
+    for path in profile_files():  # each says how calibration is meant to be done
+        text = path.read_text()
+        assert "--calib <folder or glob>" in text and "--calib synthetic" in text and "--random-init" in text, path
 
 
 @pytest.mark.parametrize(
@@ -88,6 +92,12 @@ def test_calibration_folder_counts_unreadable_images(image_folder):
     assert calib.batch.shape == (3, 3, 32, 32) and calib.batch.dtype == np.float32
     assert len(calib.files) == 3 and calib.skipped == [str(image_folder / "broken.jpg")]
     assert calib.describe()["skipped"] == 1 and len(calib.sha256) == 64
+
+
+def test_calibration_images_are_preprocessed_as_at_inference(image_folder):
+    calib = load_calibration(str(image_folder), 3, 32)
+    np.testing.assert_array_equal(calib.batch, preprocess_batch(calib.files, 32).numpy())
+    assert calib.bytes == sum(Path(f).stat().st_size for f in calib.files)  # what its sha256 covers
 
 
 def test_too_few_images_is_an_error_unless_allowed(image_folder):
@@ -226,7 +236,7 @@ def test_int8_calibrated_on_one_source_is_remade_for_another(spatial, profile, m
 PRECISION_KEY = ["precision", "source_onnx", "calibration.source", "calibration.samples", "calibration.batch_size",
                  "calibration.seed", "calibration.method", "calibration.allow_fewer", "calibration.provider",
                  "calibration_images", "quantization.op_types", "quantization.exclude",
-                 "quantization.quantize_attention", "threshold"]
+                 "quantization.quantize_attention", "quantization.smoothing", "quantization.auto_exclude", "threshold"]
 EXPORT_KEY = ["kind", "variant", "weights.sha256", "weights.seed", "options.target", "options.opset", "options.rope",
               "options.attention", "options.batch", "options.output", "options.layer", "options.strip_cls",
               "options.simplify", "options.parity_threshold.min_cosine", "options.parity_threshold.max_abs"]
@@ -297,11 +307,37 @@ def test_request_errors_come_before_loading(monkeypatch, tmp_path):
         quantize_variant(ModelSource(SPATIAL, random_init=True), "int8", calib=str(tmp_path / "empty"))
 
 
+def test_real_weights_refuse_synthetic_calibration_unless_asked(monkeypatch, fixtures, tmp_path):
+    from pe_export.precision.quantize import sensitivity_variant
+
+    monkeypatch.setattr(ModelSource, "load", lambda *a, **k: pytest.fail("loaded weights before checking the request"))
+    real = ModelSource(SPATIAL, fixtures.checkpoint(SPATIAL))
+    own = _profile(tmp_path, f"name: own\nvariant: {SPATIAL}\ncalibration: {{source: synthetic, samples: 8}}\n")
+    for profile, samples in ((None, 32), (str(own), 8)):
+        with pytest.raises(UsageError, match=rf"int8 of real weights needs real calibration images: give --calib a "
+                                             rf"folder or glob of {samples} or more .* or --calib synthetic"):
+            quantize_variant(real, "int8", profile=profile)
+    with pytest.raises(UsageError, match="fp8 of real weights needs real calibration images"):
+        sensitivity_variant(real, "fp8")
+
+    class Loading(Exception):
+        pass
+
+    def reached(*args, **kwargs):
+        raise Loading
+    monkeypatch.setattr(ModelSource, "load", reached)  # past the request checks
+    for source, calib in ((real, "synthetic"), (ModelSource(SPATIAL, random_init=True), None)):
+        with pytest.raises(Loading):
+            quantize_variant(source, "int8", calib=calib, samples=2)
+    with pytest.raises(Loading):
+        quantize_variant(real, "fp16")  # nothing to calibrate
+
+
 def test_qdq_layout_and_scales_match_modelopt(spatial, profile, tmp_path):
     """The reference producer for TensorRT, on the same graph and data: same sites, axes and scales."""
     quantization = pytest.importorskip("modelopt.onnx.quantization", reason="the quant extra is not installed")
     from pe_export.precision import qdq
-    from pe_export.precision.calibrate import activation_amax
+    from pe_export.precision.calibrate import activation_ranges
     from pe_export.onnx.export import export_onnx
     from pe_export.precision.quantize import export_options
 
@@ -315,8 +351,9 @@ def test_qdq_layout_and_scales_match_modelopt(spatial, profile, tmp_path):
         disable_mha_qdq=True, high_precision_dtype="fp32", output_path=str(reference), log_level="ERROR",
     )
     ours = onnx.load(str(fp32))
-    qdq.insert_qdq(ours, qdq.plan(ours.graph, section),
-                   activation_amax(fp32, data, 2, "max", list(section.op_types), "pixel_values", tmp_path), "int8")
+    sites = qdq.plan(ours.graph, section)
+    ranges = activation_ranges(fp32, data, 2, "max", qdq.activations(sites), "pixel_values", tmp_path)
+    qdq.insert_qdq(ours, sites, ranges.amax, "int8")
     mine, theirs = _qdq_sites(ours), _qdq_sites(onnx.load(str(reference)))
     assert mine.keys() == theirs.keys() and len(mine) == 2 * 4 * 12
     for site, (axis, scale) in mine.items():

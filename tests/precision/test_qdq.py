@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import ml_dtypes
 import numpy as np
 import onnx
@@ -10,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pe_export.errors import PeExportError
 from pe_export.precision import qdq
-from pe_export.precision.calibrate import activation_amax
+from pe_export.precision.calibrate import activation_ranges
 from pe_export.precision.profiles import QuantSection
 from pe_export.runners.onnxruntime import OrtRunner
 
@@ -91,23 +95,41 @@ def test_streamed_ranges_cover_every_batch(tmp_path):
     onnx.save(_mlp(), str(path))
     data = RNG.standard_normal((5, 4, 8)).astype(np.float32)
     data[4] *= 10  # the largest values sit in the last, partial batch
-    ranges = activation_amax(path, data, 2, "max", ["MatMul"], "x", tmp_path)
+    ranges = activation_ranges(path, data, 2, "max", ["h", "x"], "x", tmp_path).amax
     h = np.maximum(data @ W1, 0)
-    assert ranges["x"] == pytest.approx(np.abs(data).max(), rel=1e-6)
-    assert ranges["h"] == pytest.approx(h.max(), rel=1e-6)
-    entropy = activation_amax(path, data, 2, "entropy", ["MatMul"], "x", tmp_path)
+    assert ranges == {"x": pytest.approx(np.abs(data).max(), rel=1e-6), "h": pytest.approx(h.max(), rel=1e-6)}
+    entropy = activation_ranges(path, data, 2, "entropy", ["h", "x"], "x", tmp_path).amax
     assert 0 < entropy["h"] <= h.max() * 1.001
 
 
-def test_ranges_of_a_model_with_external_data_and_no_files_left_beside_it(tmp_path):
-    """Large models keep their weights in a .data file: calibration reads it, and onnxruntime's
-    temporary copies of the model land in the work folder, never beside the model."""
-    models, work = tmp_path / "models", tmp_path / "work"
-    models.mkdir()
-    work.mkdir()
-    path = models / "mlp.onnx"
-    onnx.save(_mlp(), str(path), save_as_external_data=True, location="mlp.onnx.data", size_threshold=0)
-    data = RNG.standard_normal((3, 4, 8)).astype(np.float32)
-    ranges = activation_amax(path, data, 2, "max", ["MatMul"], "x", work)
-    assert ranges["h"] == pytest.approx(np.maximum(data @ W1, 0).max(), rel=1e-6)
-    assert sorted(p.name for p in models.iterdir()) == ["mlp.onnx", "mlp.onnx.data"]
+@pytest.mark.parametrize("method", ["max", "entropy"])
+def test_streamed_ranges_equal_onnxruntime_calibrators(tmp_path, method):
+    """Only the tensors placement needs leave the graph, batch by batch, and the ranges are exactly
+    those of onnxruntime's own calibrator over every input and output of every MatMul (run in a
+    fresh interpreter: ModelOpt, once imported, patches onnxruntime's calibrators)."""
+    path = tmp_path / "mlp.onnx"
+    onnx.save(_mlp(), str(path))
+    data = RNG.standard_normal((5, 4, 8)).astype(np.float32)
+    np.save(tmp_path / "data.npy", data)
+    ours = activation_ranges(path, data, 2, method, ["h", "x"], "x", tmp_path).amax
+    reference = subprocess.run([sys.executable, "-c", _ONNXRUNTIME_RANGES, str(path), str(tmp_path), method],
+                               capture_output=True, text=True, check=True)
+    assert ours == json.loads(reference.stdout.splitlines()[-1])
+
+
+_ONNXRUNTIME_RANGES = """
+import json, sys
+import numpy as np
+from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+path, folder, method = sys.argv[1:]
+data = np.load(f"{folder}/data.npy")
+calibrator = create_calibrator(path, ["MatMul"], augmented_model_path=f"{folder}/augmented.onnx",
+                               extra_options={"symmetric": True},
+                               calibrate_method=CalibrationMethod.Entropy if method == "entropy" else CalibrationMethod.MinMax)
+for start in range(0, len(data), 2):
+    feeds = [{"x": data[start:start + 2]}]
+    calibrator.collect_data(type("Reader", (), {"get_next": lambda self: feeds.pop() if feeds else None})())
+ranges = calibrator.compute_data()
+print(json.dumps({n: float(max(np.abs(v).max() for v in ranges[n].range_value)) for n in ("h", "x")}))
+"""

@@ -1,0 +1,24 @@
+"""Running one pe-export command as its own process: wall time, exit code and the largest resident
+set any process of its tree reached, as the kernel records it (os.wait4's ru_maxrss, which is what
+`/usr/bin/time -v` prints), so that no transient peak between two samples is missed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+CLI = [sys.executable, "-m", "pe_export.cli"]
+
+
+def run_measured(args: list[str]) -> dict:
+    """Run `pe-export ARGS`: {"seconds", "code", "max_rss_gib", "error"} (error: its last stderr line)."""
+    start = time.perf_counter()
+    process = subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stderr = process.stderr.read()  # type: ignore[union-attr]
+    _, status, usage = os.wait4(process.pid, 0)
+    code = process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    return {"seconds": round(time.perf_counter() - start, 1), "code": code,
+            "max_rss_gib": round(usage.ru_maxrss / 2**20, 2),
+            "error": (stderr.strip().splitlines() or [""])[-1] if code else ""}
