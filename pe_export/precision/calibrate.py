@@ -11,12 +11,10 @@ with its parent (Linux) instead of holding gigabytes as an orphan.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -25,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from pe_export.errors import PeExportError
+from pe_export.processes import die_with_parent
 from pe_export.runners.onnxruntime import CPU, PROVIDERS
 
 PROGRESS = "pe-export-calibrated "  # the worker's progress lines on stdout: "<images done> <total>"
-_PR_SET_PDEATHSIG = 1
 
 
 class _OneBatch:
@@ -95,14 +93,6 @@ def _copied_model(model: Path, work: Path) -> Path:
     return work / model.name
 
 
-def _die_with_parent(parent: int) -> None:
-    """Ask Linux to kill this worker when its parent dies (a SIGKILLed parent runs no cleanup)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(1)
-
-
 def _calibrate(job: dict) -> dict[str, float]:
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
@@ -129,7 +119,7 @@ def _calibrate(job: dict) -> dict[str, float]:
 
 def main(job_path: str) -> None:
     job = json.loads(Path(job_path).read_text())
-    _die_with_parent(job["parent"])
+    die_with_parent(job["parent"])
     ranges = _calibrate(job)
     (Path(job["work"]) / "ranges.json").write_text(json.dumps(ranges))
 
