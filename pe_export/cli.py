@@ -528,6 +528,13 @@ def serve(
     console.print("stopped", highlight=False)
 
 
+def _levels(value: str) -> list[int]:
+    parts = _csv(value)
+    if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise typer.BadParameter(f"{value!r}: concurrency levels are positive numbers, e.g. 1,4,16")
+    return sorted({int(p) for p in parts})
+
+
 @app.command()
 def loadtest(
     url: Annotated[str, typer.Option(help="The server's HTTP address, on this machine.")] = "http://localhost:8000",
@@ -550,7 +557,7 @@ def loadtest(
     from pe_export.serving.loadtest import LoadSettings, run_loadtest
 
     try:
-        settings = LoadSettings(url=url, model=model, concurrency=_bench_sizes(concurrency), seconds=seconds, batch=batch)
+        settings = LoadSettings(url=url, model=model, concurrency=_levels(concurrency), seconds=seconds, batch=batch)
     except ValidationError as exc:
         raise UsageError(f"bad load test settings: {_first_error(exc)}") from None
     with _progress() as bar:
