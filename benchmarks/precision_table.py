@@ -103,7 +103,7 @@ def run_measured(command: list[str]) -> dict:
     with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as process:
         peak = 0
         while process.poll() is None:
-            peak = max(peak, _tree_rss(process.pid))
+            peak = max(peak, tree_rss(process.pid))
             time.sleep(0.2)
         stderr = process.stderr.read()
     if process.returncode:
@@ -112,7 +112,7 @@ def run_measured(command: list[str]) -> dict:
             "peak_rss_gib": round(peak / 2**30, 2)}
 
 
-def _tree_rss(root: int) -> int:
+def tree_rss(root: int) -> int:
     """Bytes resident in `root` and all its descendants, from /proc (Linux)."""
     parents, rss = {}, {}
     for status in Path("/proc").glob("[0-9]*/status"):

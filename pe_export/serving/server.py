@@ -146,6 +146,15 @@ def check_ports(settings: ServerSettings) -> None:
                 raise UsageError(f"port {port} ({what}) is already in use; choose another with --{what.lower()}-port") from None
 
 
+def free_ports(count: int) -> list[int]:
+    """Ports nothing listens on now (the system's pick), for servers started by tests and benchmarks."""
+    with contextlib.ExitStack() as held:
+        probes = [held.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:  # all bound at once, so the ports differ
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+
+
 @contextlib.contextmanager
 def running_server(artifact: Path, options: ServingOptions = ServingOptions(instance_kind="cpu"),
                    settings: ServerSettings = ServerSettings(), variant: Optional[str] = None,

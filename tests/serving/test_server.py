@@ -30,7 +30,7 @@ from pe_export.serving import server as server_module
 from pe_export.serving.client import HEADER_LENGTH, TritonClient
 from pe_export.serving.loadtest import ServedModel, run_level
 from pe_export.serving.repository import ServingOptions
-from pe_export.serving.server import SHM, ServerSettings, running_server
+from pe_export.serving.server import SHM, ServerSettings, free_ports, running_server
 from pe_export.validate import compare
 
 SPATIAL = "PE-Spatial-T16-512"
@@ -38,18 +38,8 @@ MAX_BATCH = 8
 INPUT, OUTPUT = "pixel_values", "tokens"
 
 
-def _free_ports(count: int = 3) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _settings() -> ServerSettings:
-    http_port, grpc_port, metrics_port = _free_ports()
+    http_port, grpc_port, metrics_port = free_ports(3)
     return ServerSettings(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, start_seconds=120)
 
 
