@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from measured import run_measured  # beside this script
-from pe_export.bench.latency import summarize, wall_ms
+from pe_export.bench.latency import wall_ms
 from pe_export.model import load_model
 from pe_export.model.stress import save_stressed
 from pe_export.onnx.export import INPUT_NAME, ExportOptions, ensure_onnx
@@ -36,6 +36,7 @@ from pe_export.precision import convert
 from pe_export.precision.calibration import load_calibration
 from pe_export.precision.profiles import load_profile
 from pe_export.precision.sensitivity import site_macs
+from pe_export.report import summarize
 from pe_export.runners.onnxruntime import OrtRunner
 from pe_export.validate import synthetic_inputs
 from pe_export.variants import get_variant

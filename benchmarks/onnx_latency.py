@@ -25,7 +25,8 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from pe_export.bench.latency import summarize, wall_ms
+from pe_export.bench.latency import wall_ms
+from pe_export.report import summarize
 from pe_export.model import load_model
 from pe_export.onnx.export import ExportOptions, ensure_onnx, export_input
 from pe_export.runners.onnxruntime import OrtRunner

@@ -18,7 +18,8 @@ from pathlib import Path
 import yaml
 
 from measured import run_measured  # beside this script
-from pe_export.bench.latency import summarize, wall_ms
+from pe_export.bench.latency import wall_ms
+from pe_export.report import summarize
 from pe_export.precisions import PRECISIONS as TABLE
 from pe_export.runners.onnxruntime import OrtRunner
 from pe_export.validate import synthetic_inputs

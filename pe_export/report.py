@@ -3,7 +3,8 @@
     {"schema": "pe-export/<kind>/1", "variant", "device", "versions", "settings", "results": [...]}
 
 A latency row: backend, precision, batch, latency_ms {min, mean, p50, p90, p95, p99},
-throughput_ips, peak_rss_mb. A parity row: artifact, backend, precision, cosine_mean,
+throughput_ips, peak_rss_mb. A load row (a served model): concurrency, batch, seconds, requests,
+errors, first_error, latency_ms, throughput_ips. A parity row: artifact, backend, precision, cosine_mean,
 cosine_min, max_abs, rel_l2, threshold, passed (plus pooled_cosine, retrieval_top1 and a note).
 """
 
@@ -13,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Literal, Optional, Union
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pe_export.errors import BadReport
@@ -31,6 +33,12 @@ class LatencyMs(BaseModel):
     p99: float
 
 
+def summarize(samples_ms: list[float]) -> LatencyMs:
+    a = np.asarray(samples_ms, dtype=np.float64)
+    p50, p90, p95, p99 = np.percentile(a, [50, 90, 95, 99])
+    return LatencyMs(min=float(a.min()), mean=float(a.mean()), p50=float(p50), p90=float(p90), p95=float(p95), p99=float(p99))
+
+
 class LatencyRow(BaseModel):
     model_config = ConfigDict(extra="forbid")
     backend: str
@@ -41,6 +49,20 @@ class LatencyRow(BaseModel):
     peak_rss_mb: float
     gpu_memory_mb: Optional[float] = None
     iters: int
+
+
+class LoadRow(BaseModel):
+    """One concurrency level of a load test against a server: closed-loop clients for a fixed time."""
+
+    model_config = ConfigDict(extra="forbid")
+    concurrency: int
+    batch: int  # images per request
+    seconds: float
+    requests: int  # answered without error
+    errors: int
+    first_error: Optional[str] = None
+    latency_ms: Optional[LatencyMs]  # of the answered requests; None when none was
+    throughput_ips: float
 
 
 class ParityRow(BaseModel):
@@ -71,11 +93,11 @@ class Report(BaseModel):
     device: str
     versions: dict[str, Optional[str]]
     settings: dict
-    results: list[Union[LatencyRow, ParityRow]]
+    results: list[Union[LatencyRow, ParityRow, LoadRow]]
     interrupted: bool = False
 
     @property
-    def kind(self) -> Literal["latency", "parity"]:
+    def kind(self) -> Literal["latency", "parity", "load"]:
         return self.schema_.split("/")[1]  # type: ignore[return-value]
 
     def to_json(self) -> dict:
@@ -101,7 +123,7 @@ def load_report(path: Path) -> Report:
     try:
         data = json.loads(Path(path).read_text())
         schema = str(data.get("schema", "")) if isinstance(data, dict) else ""
-        row_type = {"latency": LatencyRow, "parity": ParityRow}.get(schema.split("/")[1] if "/" in schema else "")
+        row_type = {"latency": LatencyRow, "parity": ParityRow, "load": LoadRow}.get(schema.split("/")[1] if "/" in schema else "")
         if row_type is None or not schema.startswith("pe-export/"):
             raise BadReport(f"{path}: unknown report schema {schema!r}")
         return Report.model_validate({**data, "results": [row_type.model_validate(r) for r in data.get("results", [])]})
@@ -123,6 +145,13 @@ def to_markdown(report: Report) -> str:
         lines = [
             f"| {r.backend} | {r.precision} | {r.batch} | {r.latency_ms.p50:.2f} | {r.latency_ms.p90:.2f} | "
             f"{r.latency_ms.p99:.2f} | {r.latency_ms.mean:.2f} | {r.throughput_ips:.1f} | {r.peak_rss_mb:.0f} |"
+            for r in report.results
+        ]
+    elif report.kind == "load":
+        head = "| concurrency | batch | requests | errors | img/s | p50 ms | p90 ms | p99 ms |\n|---|---|---|---|---|---|---|---|"
+        lines = [
+            f"| {r.concurrency} | {r.batch} | {r.requests} | {r.errors} | {r.throughput_ips:.2f} | "
+            + " | ".join(_f(getattr(r.latency_ms, p, None), ".1f") for p in ("p50", "p90", "p99")) + " |"
             for r in report.results
         ]
     else:

@@ -80,6 +80,12 @@ CASES = [
     ("info", ["-v", SPATIAL, "-c", "x.pt", "--random-init"], 2, "either --checkpoint or --random-init"),
     ("trt", S, 3, "TensorRT is not installed"),
     ("trt", [*S, "--int8", "--fp8"], 2, "choose one precision"),
+    ("serve", ["{missing.onnx}"], 2, "has no manifest beside it"),
+    ("serve", ["{good.onnx}", "-v", CORE], 2, f"was made for {SPATIAL}, not {CORE}"),
+    ("serve", ["{good.onnx}", "--device", "tpu"], 2, "unknown device 'tpu'"),
+    ("loadtest", ["--url", "http://example.com:8000"], 2, "a Triton server on this machine"),
+    ("loadtest", ["--url", "http://localhost:9"], 2, "is the server running (pe-export serve)?"),
+    ("loadtest", ["--concurrency", "0"], 2, "concurrency levels are positive numbers"),
 ]
 
 

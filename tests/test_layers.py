@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pe_export"
 # The rank of each top-level part of pe_export: shared services first, then the stages in flow
 # order, then bench, then the CLI. A part may import parts of its own rank or lower.
 RANKS = {
-    "__init__": 0, "errors": 0, "versions": 0, "quiet": 0, "memory": 0,
+    "__init__": 0, "errors": 0, "versions": 0, "quiet": 0, "memory": 0, "processes": 0,
     "precisions": 1, "variants": 1, "artifacts": 1,
     "report": 2,
     "runners": 3,

@@ -12,7 +12,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pe_export.bench.backends import RunnerOpener, runner_opener
-from pe_export.bench.latency import cuda_event_ms, summarize, wall_ms
+from pe_export.bench.latency import cuda_event_ms, wall_ms
 from pe_export.errors import Unavailable
 from pe_export.memory import peak_rss_mb, reset_peak_rss
 from pe_export.model import LoadedModel
@@ -20,7 +20,7 @@ from pe_export.openvino.ir import source_precision
 from pe_export.precision.convert import require_tools
 from pe_export.precision.profiles import find_profile
 from pe_export.precisions import PRECISIONS
-from pe_export.report import CompareMode, LatencyRow, Report, make_report
+from pe_export.report import CompareMode, LatencyRow, Report, make_report, summarize
 from pe_export.runners import BACKENDS, Runner
 from pe_export.runners.device import Device, cpu_name, cuda_name
 from pe_export.validate import BENCH_SEED, seeded_batch

@@ -19,11 +19,9 @@ script, and it dies with its parent (Linux) instead of holding gigabytes as an o
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -36,12 +34,12 @@ from onnx import helper, numpy_helper
 
 from pe_export.errors import PeExportError
 from pe_export.memory import peak_rss_mb
+from pe_export.processes import die_with_parent
 from pe_export.precision import smooth
 from pe_export.runners.onnxruntime import CPU, PROVIDERS
 
 PROGRESS = "pe-export-calibrated "  # the worker's progress lines on stdout: "<pass> <images done> <total>"
 PASSES = {"channels": "measuring channel maxima", "ranges": "calibrating"}  # what each pass is called to the user
-_PR_SET_PDEATHSIG = 1
 _ENTROPY_BINS = 128  # onnxruntime's create_calibrator defaults for the entropy method
 SMOOTHING_IMAGES = 8  # images the smoothing scales are measured on when the ranges get a pass of their own
 
@@ -104,14 +102,6 @@ def activation_ranges(model: Path, calibration: np.ndarray, batch_size: int, met
     result = json.loads((work / "ranges.json").read_text())
     return Ranges(result["amax"], {k: np.asarray(v) for k, v in result["scales"].items()},
                   {k: np.asarray(v) for k, v in result["channel_max"].items()}, result["peak_rss_mb"])
-
-
-def _die_with_parent(parent: int) -> None:
-    """Ask Linux to kill this worker when its parent dies (a SIGKILLed parent runs no cleanup)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(1)
 
 
 # ---- the worker ------------------------------------------------------------------------------------
@@ -222,7 +212,7 @@ def _quietly(call: Callable, *args):
 
 def main(job_path: str) -> None:
     job = json.loads(Path(job_path).read_text())
-    _die_with_parent(job["parent"])
+    die_with_parent(job["parent"])
     result = {**_calibrate(job), "peak_rss_mb": round(peak_rss_mb(), 1)}
     (Path(job["work"]) / "ranges.json").write_text(json.dumps(result))
 

@@ -65,14 +65,9 @@ class Repository:
 def model_repository(artifact: Path, repository: Path, options: ServingOptions = ServingOptions()) -> Repository:
     """Write `<repository>/<name>/` for the artifact; a model folder already there is replaced whole."""
     artifact = Path(artifact)
-    manifest = artifacts.read_manifest(artifact) if artifact.is_file() else None
-    if manifest is None:
-        raise UsageError(f"{artifact} has no manifest beside it; make artifacts with pe-export onnx, quantize or trt")
-    check_artifact(artifact, get_variant(manifest["variant"]))
+    manifest = served_manifest(artifact)
     engine = artifact.suffix in ENGINE_SUFFIXES
-    name = options.name or _default_name(manifest, engine)
-    if not MODEL_NAME.match(name):
-        raise UsageError(f"model name {name!r}: use letters, digits, '-', '_' and '.'")
+    name = model_name(manifest, options, engine)
     text = config_text(name, manifest, options, engine, artifact.name)
     target = repository / name
     artifacts.prepare_destination(target / "config.pbtxt")
@@ -88,15 +83,35 @@ def model_repository(artifact: Path, repository: Path, options: ServingOptions =
     return Repository(target, target / "config.pbtxt", text)
 
 
-def config_text(name: str, manifest: dict, options: ServingOptions, engine: bool, artifact: str) -> str:
-    """The model's config.pbtxt: protobuf text format of Triton's ModelConfig."""
+def served_manifest(artifact: Path, variant: str | None = None) -> dict:
+    """The manifest of an artifact that can be served, checked (for `variant` when one is named)."""
+    manifest = artifacts.read_manifest(artifact) if artifact.is_file() else None
+    if manifest is None:
+        raise UsageError(f"{artifact} has no manifest beside it; make artifacts with pe-export onnx, quantize or trt")
+    check_artifact(artifact, get_variant(variant or manifest["variant"]))
+    return manifest
+
+
+def model_name(manifest: dict, options: ServingOptions, engine: bool) -> str:
+    name = options.name or _default_name(manifest, engine)
+    if not MODEL_NAME.match(name):
+        raise UsageError(f"model name {name!r}: use letters, digits, '-', '_' and '.'")
+    return name
+
+
+def config_text(name: str, manifest: dict, options: ServingOptions, engine: bool, artifact: str,
+                python_model: dict[str, str] | None = None) -> str:
+    """The model's config.pbtxt: protobuf text format of Triton's ModelConfig.
+
+    With `python_model` (the parameters the model reads), the model is served by Triton's python
+    backend instead of its onnxruntime or TensorRT backend: `pe-export serve` runs it that way."""
     inputs, outputs = manifest["inputs"], manifest["outputs"]
     batch_dim = inputs[0]["shape"][0]
     dynamic = not isinstance(batch_dim, int) or batch_dim == -1
     limit = _batch_limit(manifest, options, engine) if dynamic else 0
-    lines = [f'name: "{name}"',
-             'platform: "tensorrt_plan"' if engine else 'platform: "onnxruntime_onnx"',
-             f"max_batch_size: {limit}"]
+    runs_on = ('backend: "python"' if python_model is not None else
+               'platform: "tensorrt_plan"' if engine else 'platform: "onnxruntime_onnx"')
+    lines = [f'name: "{name}"', runs_on, f"max_batch_size: {limit}"]
     for kind, tensors in (("input", inputs), ("output", outputs)):
         for tensor in tensors:
             dims = tensor["shape"][1:] if dynamic else tensor["shape"]
@@ -111,9 +126,14 @@ def config_text(name: str, manifest: dict, options: ServingOptions, engine: bool
     if options.tensorrt_accelerator and not engine:
         lines.append('optimization { execution_accelerators { gpu_execution_accelerator: [{ name: "tensorrt" }] } }')
     recorded = {"pe_export.variant": manifest["variant"], "pe_export.precision": manifest.get("precision", "fp32"),
-                "pe_export.artifact": artifact}
-    lines += [f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in recorded.items()]
+                "pe_export.artifact": artifact, **(python_model or {})}
+    lines += [f'parameters {{ key: "{k}" value: {{ string_value: "{_quoted(v)}" }} }}' for k, v in recorded.items()]
     return "\n".join(lines) + "\n"
+
+
+def _quoted(value: str) -> str:
+    """A string inside protobuf text format's double quotes (paths may hold either character)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def _batch_limit(manifest: dict, options: ServingOptions, engine: bool) -> int:
