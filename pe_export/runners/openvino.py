@@ -73,8 +73,12 @@ class OvRunner(Runner):
         config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": self.inference_precision}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
+        core = ov.Core()
+        # Weights read into memory rather than mapped: the CPU plugin repacks them anyway, and a mapped
+        # .bin stays resident beside the repacked copy (L14 fp32: 2.9 GiB held against 2.4 GiB)
+        core.set_property({"ENABLE_MMAP": False})
         try:
-            self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+            self.compiled = core.compile_model(str(path), "CPU", config)
         except RuntimeError as exc:  # OpenVINO's own errors: a stack of "Exception from ..." lines
             raise UsageError(f"OpenVINO cannot load {path}: {str(exc).strip().splitlines()[-1]}") from None
         self.request = self.compiled.create_infer_request()
