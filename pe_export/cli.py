@@ -505,10 +505,12 @@ MaxBatchOpt = Annotated[Optional[int], typer.Option(help="Largest batch Triton f
 PreferredOpt = Annotated[Optional[str], typer.Option(help="Preferred batch sizes of dynamic batching, e.g. 4,8. Default: the engine's opt and max.")]
 QueueDelayOpt = Annotated[int, typer.Option(help="How long dynamic batching waits to fill a batch, in microseconds.", min=0)]
 InstancesOpt = Annotated[int, typer.Option(help="Model instances.", min=1)]
+ImagesOpt = Annotated[bool, flag("--images", help="Add <name>_images, an ensemble that takes one encoded image file "
+                                 "(JPEG, PNG, ...) as a UINT8 tensor and preprocesses it exactly as at inference.")]
 
 
 def _serving_options(name: Optional[str], max_batch: Optional[int], preferred: Optional[str], queue_delay_us: int,
-                     kind: str, instances: int, tensorrt_accelerator: bool = False) -> ServingOptions:
+                     kind: str, instances: int, tensorrt_accelerator: bool = False, images: bool = False) -> ServingOptions:
     from pydantic import ValidationError
 
     from pe_export.serving.repository import ServingOptions
@@ -516,7 +518,7 @@ def _serving_options(name: Optional[str], max_batch: Optional[int], preferred: O
     try:
         return ServingOptions(name=name, max_batch_size=max_batch, preferred_batch_sizes=_bench_sizes(preferred) if preferred else [],
                               max_queue_delay_us=queue_delay_us, instance_kind=kind, instances=instances,
-                              tensorrt_accelerator=tensorrt_accelerator)
+                              tensorrt_accelerator=tensorrt_accelerator, images=images)
     except ValidationError as exc:
         raise UsageError(f"bad serving options: {_first_error(exc)}") from None
 
@@ -532,6 +534,7 @@ def triton(
     kind: Annotated[str, INSTANCE_KIND.option(help="Where ONNX instances run (engines always run on the GPU).")] = "gpu",
     instances: InstancesOpt = 1,
     tensorrt_accelerator: Annotated[bool, flag("--tensorrt-accelerator", help="ONNX on GPU: let onnxruntime's TensorRT execution provider run it.")] = False,
+    images: ImagesOpt = False,
 ) -> None:
     """Write a Triton Inference Server model repository for an artifact: config.pbtxt (inputs and
     outputs from the manifest, dynamic batching, instance groups, the variant and precision as
@@ -541,9 +544,10 @@ def triton(
     """
     from pe_export.serving.repository import model_repository
 
-    options = _serving_options(name, max_batch, preferred, queue_delay_us, kind, instances, tensorrt_accelerator)
+    options = _serving_options(name, max_batch, preferred, queue_delay_us, kind, instances, tensorrt_accelerator, images)
     result = model_repository(artifact, repository, options)
-    console.print(f"[green]wrote[/] {result.model_dir}/ (config.pbtxt, version 1)")
+    console.print(f"[green]wrote[/] {result.model_dir}/ (config.pbtxt, version 1)"
+                  + (f" and its {result.model_dir.name}_images ensemble (needs pe-export in Triton's Python)" if images else ""))
     console.print(result.text, highlight=False, markup=False)
 
 
@@ -561,6 +565,7 @@ def serve(
     max_batch: MaxBatchOpt = None,
     preferred: PreferredOpt = None,
     queue_delay_us: QueueDelayOpt = 100,
+    images: ImagesOpt = False,
     tritonserver: Annotated[Optional[Path], typer.Option(help="A tritonserver binary (e.g. /opt/tritonserver/bin/tritonserver). Default: $TRITONSERVER, else the server nvidia-pytriton bundles.")] = None,
 ) -> None:
     """Serve an artifact on a real Triton Inference Server here, until Ctrl-C or SIGTERM.
@@ -581,7 +586,8 @@ def serve(
 
     from pe_export.serving.server import ServerSettings, running_server
 
-    options = _serving_options(name, max_batch, preferred, queue_delay_us, "gpu" if device == "cuda" else "cpu", instances)
+    options = _serving_options(name, max_batch, preferred, queue_delay_us, "gpu" if device == "cuda" else "cpu", instances,
+                               images=images)
     try:
         settings = ServerSettings(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, threads=threads)
     except ValidationError as exc:

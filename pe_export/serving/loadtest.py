@@ -21,6 +21,7 @@ from pe_export import __version__
 from pe_export.errors import UsageError
 from pe_export.report import LoadRow, Report, make_report, summarize
 from pe_export.serving.client import RequestFailed, TritonClient, local_address
+from pe_export.serving.repository import IMAGES_SUFFIX, PREPROCESS_SUFFIX
 
 INPUT_SEED = 2  # the same inputs on every run
 
@@ -65,7 +66,8 @@ def served_model(url: str, name: Optional[str]) -> tuple[ServedModel, str]:
     try:
         server = client.get("/v2")
         if name is None:
-            ready = [m["name"] for m in client.post("/v2/repository/index") if m.get("state") == "READY"]
+            ready = [m["name"] for m in client.post("/v2/repository/index") if m.get("state") == "READY"
+                     and not m["name"].endswith((PREPROCESS_SUFFIX, IMAGES_SUFFIX))]  # --images' helpers take image files
             if len(ready) != 1:
                 raise UsageError(f"{url} serves {len(ready)} models ({', '.join(ready) or 'none'}); name one with --model")
             name = ready[0]

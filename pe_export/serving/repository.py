@@ -32,6 +32,7 @@ from pe_export.variants import get_variant
 TRITON_TYPES = {"float32": "TYPE_FP32", "FLOAT": "TYPE_FP32", "float16": "TYPE_FP16", "HALF": "TYPE_FP16",
                 "bfloat16": "TYPE_BF16", "BF16": "TYPE_BF16"}
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+PREPROCESS_SUFFIX, IMAGES_SUFFIX = "_preprocess", "_images"  # the models `--images` adds beside `<name>`
 
 
 class ServingOptions(BaseModel):
@@ -46,6 +47,7 @@ class ServingOptions(BaseModel):
     instance_kind: InstanceKind = "gpu"
     instances: int = Field(1, ge=1)
     tensorrt_accelerator: bool = False  # onnxruntime on GPU: let its TensorRT execution provider run the graph
+    images: bool = False  # an ensemble in front that takes encoded images and preprocesses them
 
     @model_validator(mode="after")
     def _preferred_within_limit(self) -> "ServingOptions":
@@ -69,6 +71,7 @@ def model_repository(artifact: Path, repository: Path, options: ServingOptions =
     engine = artifact.suffix in ENGINE_SUFFIXES
     name = model_name(manifest, options, engine)
     text = config_text(name, manifest, options, engine, artifact.name)
+    image_models = image_model_configs(name, manifest) if options.images else {}
     target = repository / name
     artifacts.prepare_destination(target / "config.pbtxt")
     with artifacts.staging(target) as scratch:
@@ -80,7 +83,56 @@ def model_repository(artifact: Path, repository: Path, options: ServingOptions =
                 _place(artifact.parent / companion, version / companion)
         (scratch / "config.pbtxt").write_text(text)
         _swap_in(scratch, target)
+    write_image_models(repository, image_models)
     return Repository(target, target / "config.pbtxt", text)
+
+
+def write_image_models(repository: Path, configs: dict[str, str]) -> None:
+    """Write the models of `image_model_configs` (none when it gave none) into the repository."""
+    for model, text in configs.items():
+        target = repository / model
+        artifacts.prepare_destination(target / "config.pbtxt")
+        with artifacts.staging(target) as scratch:
+            (scratch / "1").mkdir()
+            if model.endswith(PREPROCESS_SUFFIX):
+                shutil.copyfile(Path(__file__).with_name("preprocess_model.py"), scratch / "1" / "model.py")
+            (scratch / "config.pbtxt").write_text(text)
+            _swap_in(scratch, target)
+
+
+def image_model_configs(name: str, manifest: dict) -> dict[str, str]:
+    """`<name>_preprocess` (encoded image -> pixels, pe-export's preprocessing on Triton's python
+    backend) and `<name>_images`, the ensemble that chains it to the model so that clients send image
+    files: their config.pbtxt by model name.
+
+    One image per request (its bytes vary in length, so Triton cannot batch them): the ensemble
+    hands the model a batch of one, which dynamic batching then gathers with others."""
+    inputs, outputs = manifest["inputs"], manifest["outputs"]
+    batch_dim = inputs[0]["shape"][0]
+    dynamic = not isinstance(batch_dim, int) or batch_dim == -1
+    if not dynamic and batch_dim != 1:
+        raise UsageError(f"--images sends one image per request, and this artifact takes batches of exactly {batch_dim}; "
+                         "export it with a dynamic batch or batch 1")
+    size = inputs[0]["shape"][-1]
+    preprocess, ensemble = f"{name}{PREPROCESS_SUFFIX}", f"{name}{IMAGES_SUFFIX}"
+    one = lambda shape: ", ".join(str(d) for d in [1, *shape[1:]])  # noqa: E731 - a batch of one
+    image_input = 'input [{ name: "image" data_type: TYPE_UINT8 dims: [-1] }]'
+    preprocess_config = "\n".join([
+        f'name: "{preprocess}"', 'backend: "python"', "max_batch_size: 0", image_input,
+        f'output [{{ name: "pixels" data_type: TYPE_FP32 dims: [{one(inputs[0]["shape"])}] }}]',
+        "instance_group [{ kind: KIND_CPU count: 1 }]",
+        f'parameters {{ key: "pe_export.image_size" value: {{ string_value: "{size}" }} }}']) + "\n"
+    steps = [
+        f'{{ model_name: "{preprocess}" model_version: -1 input_map {{ key: "image" value: "image" }} '
+        'output_map { key: "pixels" value: "pixels" } }',
+        f'{{ model_name: "{name}" model_version: -1 input_map {{ key: "{inputs[0]["name"]}" value: "pixels" }} '
+        + " ".join(f'output_map {{ key: "{o["name"]}" value: "{o["name"]}" }}' for o in outputs) + " }",
+    ]
+    ensemble_config = "\n".join([
+        f'name: "{ensemble}"', 'platform: "ensemble"', "max_batch_size: 0", image_input,
+        *(f'output [{{ name: "{o["name"]}" data_type: {_triton_type(o)} dims: [{one(o["shape"])}] }}]' for o in outputs),
+        f"ensemble_scheduling {{ step [ {', '.join(steps)} ] }}"]) + "\n"
+    return {preprocess: preprocess_config, ensemble: ensemble_config}
 
 
 def served_manifest(artifact: Path, variant: str | None = None) -> dict:

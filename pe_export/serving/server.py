@@ -39,7 +39,8 @@ import pe_export
 from pe_export.errors import PeExportError, Unavailable, UsageError
 from pe_export.processes import die_with_parent
 from pe_export.runners import ENGINE_SUFFIXES
-from pe_export.serving.repository import ServingOptions, config_text, model_name, served_manifest
+from pe_export.serving.repository import (ServingOptions, config_text, image_model_configs, model_name, served_manifest,
+                                          write_image_models)
 
 TRITONSERVER_ENV = "TRITONSERVER"
 GET_TRITON = ("pip install --no-deps nvidia-pytriton==0.7.0 (its bundled server; --no-deps since its numpy<2 pin "
@@ -164,6 +165,7 @@ def running_server(artifact: Path, options: ServingOptions = ServingOptions(inst
     manifest = served_manifest(artifact, variant)
     engine = artifact.suffix in ENGINE_SUFFIXES
     name = model_name(manifest, options, engine)
+    image_models = image_model_configs(name, manifest) if options.images else {}
     runner = "tensorrt" if engine else "onnxruntime-cuda" if options.instance_kind == "gpu" else "onnxruntime"
     install = find_triton(tritonserver)
     check_ports(settings)
@@ -172,6 +174,7 @@ def running_server(artifact: Path, options: ServingOptions = ServingOptions(inst
     try:
         _write_model(folder / "models" / name, config_text(name, manifest, options, engine, artifact.name, {
             "pe_export.path": str(artifact), "pe_export.backend": runner, "pe_export.threads": str(settings.threads or 0)}))
+        write_image_models(folder / "models", image_models)
         server = Server(_start(install, folder, settings, prefix), name, settings, folder, prefix)
         try:
             _wait_ready(server)

@@ -4,6 +4,7 @@ tritonclient package's protobuf) and says what the artifact is; the served file 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from pe_export.model import load_model
 from pe_export.onnx import export as export_module
 from pe_export.onnx.export import ExportOptions, export_onnx
 from pe_export.runners import open_runner
+from pe_export.serving import repository as repository_module
 from pe_export.serving.repository import ServingOptions, model_repository
 from pe_export.validate import compare
 
@@ -81,6 +83,28 @@ def test_static_batch_and_accelerator(tmp_path):
     assert config.max_batch_size == 0 and list(config.input[0].dims) == [2, 3, 512, 512]
     assert not config.HasField("dynamic_batching")
     assert config.optimization.execution_accelerators.gpu_execution_accelerator[0].name == "tensorrt"
+    with pytest.raises(UsageError, match="takes batches of exactly 2"):  # --images sends one image per request
+        model_repository(static.path, tmp_path / "images", ServingOptions(images=True))
+    assert not (tmp_path / "images").exists()
+
+
+def test_images_adds_a_preprocessing_model_and_an_ensemble(exported, tmp_path):
+    models = tmp_path / "models"
+    model_repository(exported, models, ServingOptions(name="pe", instance_kind="cpu", images=True))
+    assert sorted(p.name for p in models.iterdir()) == ["pe", "pe_images", "pe_preprocess"]
+    preprocess = _parsed((models / "pe_preprocess" / "config.pbtxt").read_text())
+    assert (preprocess.backend, preprocess.max_batch_size) == ("python", 0)
+    assert [(i.name, model_config_pb2.DataType.Name(i.data_type), list(i.dims)) for i in preprocess.input] == [
+        ("image", "TYPE_UINT8", [-1])]
+    assert [(o.name, list(o.dims)) for o in preprocess.output] == [("pixels", [1, 3, 512, 512])]
+    assert preprocess.parameters["pe_export.image_size"].string_value == "512"
+    assert (models / "pe_preprocess" / "1" / "model.py").read_text() == (
+        Path(repository_module.__file__).with_name("preprocess_model.py").read_text())
+    ensemble = _parsed((models / "pe_images" / "config.pbtxt").read_text())
+    assert (ensemble.platform, [s.model_name for s in ensemble.ensemble_scheduling.step]) == (
+        "ensemble", ["pe_preprocess", "pe"])
+    assert dict(ensemble.ensemble_scheduling.step[1].input_map) == {"pixel_values": "pixels"}
+    assert [(o.name, list(o.dims)) for o in ensemble.output] == [("tokens", [1, 1025, 192])]
 
 
 def test_a_new_repository_replaces_the_old_model_folder_whole(exported, tmp_path, capsys):

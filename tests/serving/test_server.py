@@ -7,6 +7,7 @@ One server for the module; T16 with Meta's fixture weights."""
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import signal
@@ -20,9 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pe_export.cli import main
 from pe_export.model import load_model
+from pe_export.model.preprocess import preprocess
 from pe_export.onnx.export import ExportOptions, export_onnx
 from pe_export.report import load_report
 from pe_export.runners import open_runner
@@ -51,7 +54,7 @@ def artifact(fixtures, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(artifact):
-    options = ServingOptions(name="t16", instance_kind="cpu", max_batch_size=MAX_BATCH, max_queue_delay_us=2000)
+    options = ServingOptions(name="t16", instance_kind="cpu", max_batch_size=MAX_BATCH, max_queue_delay_us=2000, images=True)
     with running_server(artifact, options, _settings()) as server:
         yield server
 
@@ -120,6 +123,28 @@ def test_garbage_and_an_unknown_model_are_refused_and_the_server_keeps_serving(s
     # pe-export's; what matters is the clear error and that the server goes on serving
     status, error = _post(served, f"/v2/models/{served.model}/infer", None, np.random.default_rng(1).bytes(5000))
     assert status == 500 and "failed to parse the request JSON buffer" in error
+    _assert_serves_the_artifact(served, image)
+
+
+def test_the_images_ensemble_preprocesses_exactly_as_at_inference(served, artifact, image):
+    """An encoded image file in, the tokens of the runner on pe-export's own preprocessing of it out;
+    bytes that are no image get a clear error and the server keeps serving."""
+    picture = Image.fromarray(np.random.default_rng(2).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    encoded = io.BytesIO()
+    picture.save(encoded, format="PNG")
+    with open_runner(artifact) as runner:
+        reference = runner.run(preprocess(picture, 512)[None].numpy())
+    client = TritonClient(served.url)
+    try:
+        answer = client.infer(f"{served.model}_images", "image", OUTPUT, np.frombuffer(encoded.getvalue(), np.uint8))
+    finally:
+        client.close()
+    assert answer.shape == reference.shape and compare(reference, answer).cosine_min >= 0.99999
+    garbage = np.random.default_rng(3).bytes(5000)
+    header = {"inputs": [{"name": "image", "shape": [len(garbage)], "datatype": "UINT8",
+                          "parameters": {"binary_data_size": len(garbage)}}]}
+    status, error = _post(served, f"/v2/models/{served.model}_images/infer", header, garbage)
+    assert status >= 400 and "cannot decode the image (5000 bytes)" in error
     _assert_serves_the_artifact(served, image)
 
 
