@@ -53,6 +53,8 @@ def main() -> None:
     parser.add_argument("--alphas", default="0.5", help="smoothing strengths to compare, e.g. 0.3,0.5,0.7,0.85")
     parser.add_argument("--kept", default="1,2,4", help="counts of sites kept in high precision to time")
     parser.add_argument("--sensitivity", action="store_true", help="also time `pe-export sensitivity`")
+    parser.add_argument("--latency-only", action="store_true",
+                        help="time the artifacts of an earlier run in --out again, without making them")
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("artifacts/bench"))
@@ -69,7 +71,7 @@ def main() -> None:
     runs += [("int8", f"smoothing a={alphas[0]} + --auto-exclude", {"smoothing": alphas[0]}, ["--auto-exclude"]),
              ("fp8", "plain per-tensor", {"smoothing": None}, []), ("fp8", f"smoothing a={alphas[0]}", {"smoothing": alphas[0]}, [])]
     rows = []
-    for precision, label, section, flags in runs:
+    for precision, label, section, flags in [] if args.latency_only else runs:
         profile = _profile(folder, variant.name, args, precision, section)
         target = folder / f"{profile.stem}.{precision}{'.auto' if flags else ''}.onnx"
         cost = run_measured(["quantize", *source, "--precision", precision, "--profile", str(profile),
@@ -92,9 +94,12 @@ def main() -> None:
         sensitivity = None
 
     latency = _latency(variant.name, weights, args, alphas[0], ranking, folder)
+    summary = folder / "int8_robustness.json"
+    earlier = json.loads(summary.read_text()) if args.latency_only and summary.exists() else {}
     result = {"variant": variant.name, "stress": args.stress, "samples": args.samples, "threshold": args.threshold,
-              "quantize": rows, "sensitivity": sensitivity, "latency": latency}
-    (folder / "int8_robustness.json").write_text(json.dumps(result, indent=2))
+              "quantize": rows or earlier.get("quantize", []), "sensitivity": sensitivity or earlier.get("sensitivity"),
+              "latency": latency}
+    summary.write_text(json.dumps(result, indent=2))
     _print_tables(result)
 
 
@@ -132,7 +137,8 @@ def _quantize_row(precision: str, label: str, target: Path, cost: dict) -> dict:
 
 
 def _latency(variant: str, weights: Path | None, args, alpha: float, ranking: list[str] | None, folder: Path) -> list[dict]:
-    """fp32 ONNX, INT8 (smoothed) and INT8 with k sites kept in high precision, timed round-robin."""
+    """fp32 ONNX, the plain and the smoothed INT8 `quantize` made, and INT8 (smoothed) with k sites kept
+    in high precision, timed round-robin."""
     loaded = load_model(variant, weights, random_init=weights is None)
     profile = load_profile(_profile(folder, variant, args, "int8", {"smoothing": alpha}))
     fp32 = ensure_onnx(loaded, ExportOptions(target="ort"), folder / "latency.fp32.onnx").path
@@ -145,6 +151,9 @@ def _latency(variant: str, weights: Path | None, args, alpha: float, ranking: li
     gemm_macs = _macs(fp32, sites)
     order = ranking or [n for i in range(loaded.variant.layers) for n in sites if n.startswith(f"transformer.resblocks.{i}.mlp.c_proj")]
     paths = {"fp32": (fp32, [])}
+    for config, made in (("plain per-tensor", "int8-plain"), (f"smoothing a={alpha}", f"int8-a{alpha}")):
+        if (folder / f"{made}.int8.onnx").exists():  # what `quantize` made above: smoothing adds no op
+            paths[f"int8 {config} (quantize)"] = (folder / f"{made}.int8.onnx", [])
     for count in [0, *(int(k) for k in args.kept.split(","))]:
         kept = order[:count]
         path = folder / f"latency.int8.kept{count}.onnx"
