@@ -43,6 +43,7 @@ app = typer.Typer(
     name="pe-export",
     help="Export Meta's Perception Encoder (PE) vision towers to ONNX, precision variants, TensorRT engines and OpenVINO IR.",
     add_completion=False,
+    rich_markup_mode="markdown",  # docstring paragraphs are reflowed to the terminal, not broken at their source lines
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -65,7 +66,7 @@ CheckpointOpt = Annotated[
         "--checkpoint",
         "-c",
         help="Weights: a local .pt/.pth/.bin/.safetensors file or hf://owner/repo/file. "
-        "Default: the variant's file on the Hugging Face hub (facebook/<name>).",
+        "Default: the variant's file on the Hugging Face hub (`facebook/<name>`).",
     ),
 ]
 RandomInitOpt = Annotated[bool, flag("--random-init", help="Deterministic random weights (demos, tests).")]
@@ -250,7 +251,7 @@ def _bench_sizes(value: str) -> list[int]:
 def onnx_export(
     source: ModelSource,
     output: Annotated[
-        Optional[Path], typer.Option("--output-path", "-o", help="The .onnx file to write. Default: artifacts/<variant>/<variant>.<target>[.tags].onnx")
+        Optional[Path], typer.Option("--output-path", "-o", help="The .onnx file to write. Default: `artifacts/<variant>/<variant>.<target>[.tags].onnx`")
     ] = None,
     target: Annotated[
         str, TARGET.option(help="Runtime preset: trt11, trt10.15 (opset 23, fused RoPE and attention), trt10, jetson (opset 17, decomposed), ort.")
@@ -270,9 +271,10 @@ def onnx_export(
     """Export a variant to ONNX at its native size, proven against torch before it is written.
 
     Examples:
-      pe-export onnx --variant L14 --random-init
-      pe-export onnx --variant L14 --checkpoint PE-Lang-L14-448.pt --target jetson --batch 1
-      pe-export onnx --variant PE-Core-L14-336 --target ort -o core.onnx
+
+    - pe-export onnx --variant L14 --random-init
+    - pe-export onnx --variant L14 --checkpoint PE-Lang-L14-448.pt --target jetson --batch 1
+    - pe-export onnx --variant PE-Core-L14-336 --target ort -o core.onnx
     """
     from pe_export.onnx.export import ExportOptions, export_variant
 
@@ -324,7 +326,7 @@ def quantize(
     profile: Annotated[Optional[str], typer.Option(help="A profile name (see `pe-export profiles`) or a YAML file.")] = None,
     calib: Annotated[Optional[str], typer.Option(help="Calibration images: a folder, a glob ('photos/**/*.jpg') or 'synthetic'. Overrides the profile.")] = None,
     samples: Annotated[Optional[int], typer.Option(help="Calibration sample count. Overrides the profile.", min=1)] = None,
-    output: Annotated[Optional[Path], typer.Option("--output-path", "-o", help="The .onnx to write. Default: beside the fp32 ONNX, named .<precision>.onnx")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output-path", "-o", help="The .onnx to write. Default: beside the fp32 ONNX, named `.<precision>.onnx`")] = None,
     auto_exclude: Annotated[bool, flag("--auto-exclude", help="int8/fp8: on a parity miss, keep the fewest most sensitive sites in high precision until it passes (ranked by sensitivity, proven by real parity runs); prints the exclusions for the profile.")] = False,
 ) -> None:
     """Make an FP16/BF16 or INT8/FP8 ONNX from the fp32 export (made or reused), proven against torch fp32.
@@ -475,7 +477,7 @@ def openvino_ir(
     profile: Annotated[Optional[str], typer.Option(help="Profile name or YAML file: export options, calibration, parity thresholds. Default: the onnxruntime export, default calibration.")] = None,
     calib: Annotated[Optional[str], typer.Option(help="Calibration images for int8 (folder, glob or 'synthetic'). Overrides the profile.")] = None,
     samples: Annotated[Optional[int], typer.Option(help="Calibration sample count. Overrides the profile.", min=1)] = None,
-    output: Annotated[Optional[Path], typer.Option("--output-path", "-o", help="The .xml to write (the .bin goes beside it). Default: beside the fp32 ONNX, named .<precision>.xml")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output-path", "-o", help="The .xml to write (the .bin goes beside it). Default: beside the fp32 ONNX, named `.<precision>.xml`")] = None,
 ) -> None:
     """Write an OpenVINO IR (.xml/.bin) from the fp32 or int8 Q/DQ ONNX (made or reused), proven on OpenVINO
     against torch fp32 before it is written.
@@ -500,12 +502,12 @@ def openvino_ir(
                   f"(min {row.cosine_min:.5f}), max abs {row.max_abs:.3g}, threshold {row.threshold}")
 
 
-ModelNameOpt = Annotated[Optional[str], typer.Option(help="Model name. Default: <variant>-<precision>-<onnx|trt>.")]
+ModelNameOpt = Annotated[Optional[str], typer.Option(help="Model name. Default: `<variant>-<precision>-<onnx|trt>`.")]
 MaxBatchOpt = Annotated[Optional[int], typer.Option(help="Largest batch Triton forms. Default: the engine's profile maximum, 8 for ONNX.", min=1)]
 PreferredOpt = Annotated[Optional[str], typer.Option(help="Preferred batch sizes of dynamic batching, e.g. 4,8. Default: the engine's opt and max.")]
 QueueDelayOpt = Annotated[int, typer.Option(help="How long dynamic batching waits to fill a batch, in microseconds.", min=0)]
 InstancesOpt = Annotated[int, typer.Option(help="Model instances.", min=1)]
-ImagesOpt = Annotated[bool, flag("--images", help="Add <name>_images, an ensemble that takes one encoded image file "
+ImagesOpt = Annotated[bool, flag("--images", help="Add `<name>_images`, an ensemble that takes one encoded image file "
                                  "(JPEG, PNG, ...) as a UINT8 tensor and preprocesses it exactly as at inference.")]
 
 
@@ -676,7 +678,7 @@ def _progress() -> Progress:
 @model_command
 def parity(
     source: ModelSource,
-    artifacts: Annotated[Optional[list[Path]], typer.Argument(help="ONNX files, OpenVINO IR (.xml) or engines. Default: every artifact with a manifest under artifacts/<variant>/.")] = None,
+    artifacts: Annotated[Optional[list[Path]], typer.Argument(help="ONNX files, OpenVINO IR (.xml) or engines. Default: every artifact with a manifest under `artifacts/<variant>/`.")] = None,
     backends: Annotated[Optional[str], typer.Option(help=f"Comma list of {', '.join(BACKENDS)}: run each artifact on each of them that opens its file type. Default: the backend of its file type.")] = None,
     images: Annotated[Optional[Path], typer.Option(help="A folder of images (adds top-1 retrieval agreement).")] = None,
     synthetic: Annotated[int, typer.Option(help="Seeded synthetic inputs when no --images.", min=1)] = 8,

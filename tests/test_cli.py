@@ -244,6 +244,22 @@ def test_help_is_h_too_and_flags_show_as_flags(capsys):
     assert "[fused|decomposed" in out and "[tokens|pooled]" in out
 
 
+def test_help_reflows_paragraphs_and_keeps_placeholders(capsys, monkeypatch):
+    """A docstring paragraph is one paragraph at any width (not broken at its source lines), and the
+    <placeholders> of option help survive the Markdown rendering."""
+    monkeypatch.setenv("COLUMNS", "250")
+    code, out, _ = run(capsys, "serve", "-h")
+    assert code == 0 and any("the given ports. Everything is checked before the server starts;" in line
+                             for line in out.splitlines())
+    code, out, _ = run(capsys, "triton", "-h")
+    assert code == 0 and "Add <name>_images" in out and "Default: <variant>-<precision>-<onnx|trt>." in out
+    code, out, _ = run(capsys, "onnx", "-h")
+    assert [line.strip(" •") for line in out.splitlines() if line.strip().startswith("• pe-export onnx")] == [
+        "pe-export onnx --variant L14 --random-init",
+        "pe-export onnx --variant L14 --checkpoint PE-Lang-L14-448.pt --target jetson --batch 1",
+        "pe-export onnx --variant PE-Core-L14-336 --target ort -o core.onnx"]
+
+
 def test_long_steps_are_lines_with_their_time(capsys, tmp_path):
     code, out, _ = run(capsys, "onnx", "-v", "PE-Spatial-T16-512", "--random-init", "--target", "jetson",
                        "-o", str(tmp_path / "m.onnx"))
