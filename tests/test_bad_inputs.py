@@ -83,6 +83,7 @@ CASES = [
     ("serve", ["{missing.onnx}"], 2, "has no manifest beside it"),
     ("serve", ["{good.onnx}", "-v", CORE], 2, f"was made for {SPATIAL}, not {CORE}"),
     ("serve", ["{good.onnx}", "--device", "tpu"], 2, "unknown device 'tpu'"),
+    ("serve", ["{good.onnx}", "--device", "cuda"], 3, "onnxruntime here has no CUDAExecutionProvider"),
     ("loadtest", ["--url", "http://example.com:8000"], 2, "a Triton server on this machine"),
     ("loadtest", ["--url", "http://localhost:9"], 2, "is the server running (pe-export serve)?"),
     ("loadtest", ["--concurrency", "0"], 2, "concurrency levels are positive numbers"),

@@ -13,6 +13,20 @@ CPU = "CPUExecutionProvider"
 PROVIDERS = {"cpu": CPU, "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
+def require_provider(provider: str) -> str:
+    """onnxruntime's name of the provider (cpu, cuda, tensorrt), refused with exit code 3 where this
+    onnxruntime lacks it."""
+    import onnxruntime as ort
+
+    wanted = PROVIDERS[provider]
+    if wanted not in ort.get_available_providers():
+        raise Unavailable(
+            f"onnxruntime here has no {wanted} (it has {', '.join(ort.get_available_providers())}); "
+            "install onnxruntime-gpu for the CUDA and TensorRT providers"
+        )
+    return wanted
+
+
 class OrtRunner(Runner):
     """An onnxruntime session over one model file (external data is found beside it)."""
 
@@ -22,12 +36,7 @@ class OrtRunner(Runner):
     def __init__(self, path: Path, provider: str = "cpu", threads: int | None = None, precision: str = "fp32"):
         import onnxruntime as ort
 
-        wanted = PROVIDERS[provider]
-        if wanted not in ort.get_available_providers():
-            raise Unavailable(
-                f"onnxruntime here has no {wanted} (it has {', '.join(ort.get_available_providers())}); "
-                "install onnxruntime-gpu for the CUDA and TensorRT providers"
-            )
+        wanted = require_provider(provider)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

@@ -167,6 +167,7 @@ def running_server(artifact: Path, options: ServingOptions = ServingOptions(inst
     name = model_name(manifest, options, engine)
     image_models = image_model_configs(name, manifest) if options.images else {}
     runner = "tensorrt" if engine else "onnxruntime-cuda" if options.instance_kind == "gpu" else "onnxruntime"
+    _require_runner(runner)
     install = find_triton(tritonserver)
     check_ports(settings)
     folder = Path(tempfile.mkdtemp(prefix="pe-export-serve-"))
@@ -184,6 +185,18 @@ def running_server(artifact: Path, options: ServingOptions = ServingOptions(inst
     finally:
         remove_segments(prefix)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _require_runner(runner: str) -> None:
+    """Refuse, before Triton starts, a runner this machine lacks (the model would only fail to load)."""
+    if runner == "tensorrt":
+        from pe_export.runners.tensorrt_env import import_tensorrt
+
+        import_tensorrt()
+    elif runner == "onnxruntime-cuda":
+        from pe_export.runners.onnxruntime import require_provider
+
+        require_provider("cuda")
 
 
 def _write_model(model_dir: Path, config: str) -> None:
