@@ -8,7 +8,8 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from pe_export.processes import process_tree
 
 CLI = [sys.executable, "-m", "pe_export.cli"]
 
@@ -25,21 +26,8 @@ def run_measured(args: list[str]) -> dict:
             "error": (stderr.strip().splitlines() or [""])[-1] if code else ""}
 
 
+
 def tree_rss(root: int) -> int:
-    """Bytes resident now in `root` and all its descendants, from /proc (Linux): for a server's tree,
-    sampled under load (wait4 only reports a process tree's peak once it has ended)."""
-    parents, rss = {}, {}
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
-        except OSError:  # the process ended while being read
-            continue
-        pid = int(status.parent.name)
-        parents[pid] = int(fields["PPid"])
-        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
-    tree, grew = {root}, True
-    while grew:
-        more = {pid for pid, parent in parents.items() if parent in tree} - tree
-        tree |= more
-        grew = bool(more)
-    return sum(rss.get(pid, 0) for pid in tree)
+    """Bytes resident now in `root` and all its descendants: for a server's tree, sampled under load
+    (wait4 only reports a process tree's peak once it has ended)."""
+    return sum(process_tree(root).values())

@@ -14,13 +14,14 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from pe_export.errors import PeExportError, UsageError
 
 log = logging.getLogger("pe_export")
+NOTHING_TO_REUSE = "nothing to reuse"  # why `reusable` says no when no artifact is there
 
 
 def prepare_destination(path: Path) -> None:
@@ -168,7 +169,7 @@ def reusable(path: Path, key: dict) -> tuple[dict | None, str]:
     """
     manifest = load_manifest(path)
     if manifest is None:
-        return None, "nothing to reuse"
+        return None, NOTHING_TO_REUSE
     recorded = flat_key(manifest.get("key") or {})
     wanted = flat_key(json.loads(json.dumps(key)))  # the form a manifest stores (tuples as lists)
     changed = [name for name in dict.fromkeys([*wanted, *recorded]) if wanted.get(name) != recorded.get(name)]
@@ -178,6 +179,17 @@ def reusable(path: Path, key: dict) -> tuple[dict | None, str]:
         raise UsageError(f"{path} no longer matches its manifest (changed or incomplete since it was made); "
                          "delete it and its manifest to make it again")
     return manifest, "same key"
+
+
+def reuse(path: Path, key: dict, progress: Callable[[str], None], remake: str = "making") -> dict | None:
+    """`reusable`, said as each stage says it: "reused PATH (same key)" with the manifest returned, else
+    None and "<remake> PATH again: why" (nothing said when there was nothing to reuse)."""
+    manifest, why = reusable(path, key)
+    if manifest is not None:
+        progress(f"reused {path} ({why})")
+    elif why != NOTHING_TO_REUSE:
+        progress(f"{remake} {path} again: {why}")
+    return manifest
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -221,12 +221,9 @@ def ensure_onnx(
     """The fp32 ONNX for these weights and options: reused when its manifest matches, else exported."""
     spec = resolve(options, loaded.variant)
     path = Path(output) if output else default_output_path(loaded.variant, spec)
-    manifest, why = artifacts.reusable(path, export_key(loaded, spec))
+    manifest = artifacts.reuse(path, export_key(loaded, spec), progress, remake="exporting")
     if manifest is not None:
-        progress(f"reused {path} ({why})")
         return ExportResult(path, artifacts.manifest_path(path), manifest)
-    if why != "nothing to reuse":
-        progress(f"exporting {path} again: {why}")
     return export_onnx(loaded, options, path, progress)
 
 

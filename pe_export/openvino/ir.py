@@ -77,12 +77,9 @@ def ensure_ir(loaded: LoadedModel, precision: str, profile: Profile,
     require_precision(precision)
     onnx_path = precision_onnx(loaded, source_precision(precision), profile, progress=progress)
     path = ir_path(loaded.variant, profile, precision)
-    manifest, why = artifacts.reusable(path, ir_key(onnx_path, precision, profile))
+    manifest = artifacts.reuse(path, ir_key(onnx_path, precision, profile), progress)
     if manifest is not None:
-        progress(f"reused {path} ({why})")
         return PrecisionResult(path, manifest, ParityRow.recorded(manifest["parity"]))
-    if why != "nothing to reuse":
-        progress(f"making {path} again: {why}")
     return _make_ir(loaded, precision, profile, onnx_path, path, progress, owns_weights=False)
 
 

@@ -141,12 +141,9 @@ def ensure_precision(
     (calibration images are read only then)."""
     fp32 = ensure_onnx(loaded, export_options(profile), progress=progress)
     path = Path(output) if output else precision_path(fp32.path, precision)
-    manifest, why = artifacts.reusable(path, precision_key(fp32, precision, profile))
+    manifest = artifacts.reuse(path, precision_key(fp32, precision, profile), progress)
     if manifest is not None:
-        progress(f"reused {path} ({why})")
         return PrecisionResult(path, manifest, ParityRow.recorded(manifest["parity"]))
-    if why != "nothing to reuse":
-        progress(f"making {path} again: {why}")
     calibration = read_calibration(profile, loaded.variant.image_size) if get_precision(precision).calibrated else None
     return make_precision(loaded, precision, profile, calibration, output, progress)
 

@@ -57,9 +57,10 @@ class TritonClient:
 
     def infer(self, model: str, input_name: str, output_name: str, batch: np.ndarray) -> np.ndarray:
         """The output for one input: float32 images, or (uint8) the bytes of an encoded image file."""
-        batch = np.ascontiguousarray(batch, dtype=np.uint8 if batch.dtype == np.uint8 else np.float32)
+        encoded = batch.dtype == np.uint8
+        batch = np.ascontiguousarray(batch, dtype=np.uint8 if encoded else np.float32)
         header = json.dumps({
-            "inputs": [{"name": input_name, "shape": list(batch.shape), "datatype": "UINT8" if batch.dtype == np.uint8 else "FP32",
+            "inputs": [{"name": input_name, "shape": list(batch.shape), "datatype": "UINT8" if encoded else "FP32",
                         "parameters": {"binary_data_size": batch.nbytes}}],
             "outputs": [{"name": output_name, "parameters": {"binary_data": True}}],
         }).encode()

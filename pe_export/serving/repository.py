@@ -108,10 +108,9 @@ def image_model_configs(name: str, manifest: dict) -> dict[str, str]:
     One image per request (its bytes vary in length, so Triton cannot batch them): the ensemble
     hands the model a batch of one, which dynamic batching then gathers with others."""
     inputs, outputs = manifest["inputs"], manifest["outputs"]
-    batch_dim = inputs[0]["shape"][0]
-    dynamic = not isinstance(batch_dim, int) or batch_dim == -1
-    if not dynamic and batch_dim != 1:
-        raise UsageError(f"--images sends one image per request, and this artifact takes batches of exactly {batch_dim}; "
+    batch = static_batch(manifest)
+    if batch not in (None, 1):
+        raise UsageError(f"--images sends one image per request, and this artifact takes batches of exactly {batch}; "
                          "export it with a dynamic batch or batch 1")
     size = inputs[0]["shape"][-1]
     preprocess, ensemble = f"{name}{PREPROCESS_SUFFIX}", f"{name}{IMAGES_SUFFIX}"
@@ -158,8 +157,7 @@ def config_text(name: str, manifest: dict, options: ServingOptions, engine: bool
     With `python_model` (the parameters the model reads), the model is served by Triton's python
     backend instead of its onnxruntime or TensorRT backend: `pe-export serve` runs it that way."""
     inputs, outputs = manifest["inputs"], manifest["outputs"]
-    batch_dim = inputs[0]["shape"][0]
-    dynamic = not isinstance(batch_dim, int) or batch_dim == -1
+    dynamic = static_batch(manifest) is None
     limit = _batch_limit(manifest, options, engine) if dynamic else 0
     runs_on = ('backend: "python"' if python_model is not None else
                'platform: "tensorrt_plan"' if engine else 'platform: "onnxruntime_onnx"')
@@ -186,6 +184,12 @@ def config_text(name: str, manifest: dict, options: ServingOptions, engine: bool
 def _quoted(value: str) -> str:
     """A string inside protobuf text format's double quotes (paths may hold either character)."""
     return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def static_batch(manifest: dict) -> int | None:
+    """The artifact's fixed batch size, or None when its batch dimension is dynamic."""
+    batch_dim = manifest["inputs"][0]["shape"][0]
+    return batch_dim if isinstance(batch_dim, int) and batch_dim != -1 else None
 
 
 def _batch_limit(manifest: dict, options: ServingOptions, engine: bool) -> int:

@@ -67,7 +67,7 @@ def ensure_engine(onnx_path: Path, settings: BuildSettings, engine_path: Path | 
         if why == "same key":
             progress(f"reused {path} (same key, and this TensorRT and GPU run it)")
             return EngineResult(path, metadata)
-    if why != "nothing to reuse":
+    if why != artifacts.NOTHING_TO_REUSE:
         progress(f"building {path} again: {why}")
     return build_engine(onnx_path, settings, path, gpu, progress)
 

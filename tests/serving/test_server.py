@@ -28,6 +28,7 @@ from pe_export.model import load_model
 from pe_export.model.preprocess import preprocess
 from pe_export.onnx.export import ExportOptions, export_onnx
 from pe_export.report import load_report
+from pe_export.processes import process_tree
 from pe_export.runners import open_runner
 from pe_export.serving import server as server_module
 from pe_export.serving.client import HEADER_LENGTH, TritonClient
@@ -269,19 +270,7 @@ def test_no_triton_found_names_both_ways(artifact, monkeypatch, capsys):
 
 
 def _descendants(root: int) -> set[int]:
-    parents = {}
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
-        except OSError:
-            continue
-        parents[int(status.parent.name)] = int(fields["PPid"])
-    tree, grew = {root}, True
-    while grew:
-        more = {pid for pid, parent in parents.items() if parent in tree} - tree
-        tree |= more
-        grew = bool(more)
-    return tree - {root}
+    return set(process_tree(root)) - {root}
 
 
 @pytest.mark.parametrize("stop_signal, code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
