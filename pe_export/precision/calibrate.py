@@ -12,8 +12,9 @@ are then taken of X / s, which is what the smoothed LayerNorm outputs. The graph
 outputs are built in memory and read the weights where they lie: no copy of the model is written.
 
 The work runs in a worker process started as this module (`python -m pe_export.precision.calibrate
-JOB`), so that its memory goes back to the system when it ends, it never imports the caller's main
-script, and it dies with its parent (Linux) instead of holding gigabytes as an orphan.
+JOB`, see `pe_export.processes`), so that its memory goes back to the system when it ends, it never
+imports the caller's main script, and it dies with its parent (Linux) instead of holding gigabytes as
+an orphan.
 """
 
 from __future__ import annotations
@@ -21,9 +22,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +30,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from pe_export.errors import PeExportError
-from pe_export.memory import peak_rss_mb
-from pe_export.processes import die_with_parent
+from pe_export.processes import report_progress, run_worker, worker_main
 from pe_export.precision import smooth
 from pe_export.runners.onnxruntime import CPU, PROVIDERS
 
-PROGRESS = "pe-export-calibrated "  # the worker's progress lines on stdout: "<pass> <images done> <total>"
 PASSES = {"channels": "measuring channel maxima", "ranges": "calibrating"}  # what each pass is called to the user
 _ENTROPY_BINS = 128  # onnxruntime's create_calibrator defaults for the entropy method
 SMOOTHING_IMAGES = 8  # images the smoothing scales are measured on when the ranges get a pass of their own
@@ -73,35 +68,22 @@ def activation_ranges(model: Path, calibration: np.ndarray, batch_size: int, met
     """
     data = work / "calibration.npy"
     np.save(data, calibration)
-    job = work / "job.json"
     alpha, weight_max = smoothing if smoothing else (None, {})
-    job.write_text(json.dumps({
+    job = {
         "model": str(Path(model).resolve()), "data": str(data), "batch_size": batch_size, "method": method,
-        "tensors": tensors, "input_name": input_name, "work": str(work), "parent": os.getpid(),
+        "tensors": tensors, "input_name": input_name,
         "providers": [PROVIDERS["cuda"], CPU] if calibration_provider(provider) == "cuda" else [CPU],
         "alpha": alpha, "weight_max": {name: value.tolist() for name, value in weight_max.items()},
-    }))
-    # the worker imports this very package, whichever pe-export its interpreter would find first
-    package_root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-    worker = subprocess.Popen([sys.executable, "-m", "pe_export.precision.calibrate", str(job)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        for line in worker.stdout:  # type: ignore[union-attr]
-            if line.startswith(PROGRESS):
-                step, done, total = line[len(PROGRESS):].split()
-                progress(PASSES[step], int(done), int(total))
-        error = worker.stderr.read()  # type: ignore[union-attr]
-        if worker.wait() != 0:
-            last = (error.strip().splitlines() or ["no message"])[-1]
-            raise PeExportError(f"calibration failed in its worker process (exit {worker.returncode}): {last}")
-    finally:
-        if worker.poll() is None:  # interrupted: the worker goes with us
-            worker.kill()
-            worker.wait()
+    }
+
+    def relay(line: str) -> None:  # "<pass> <images done> <total>"
+        step, done, total = line.split()
+        progress(PASSES[step], int(done), int(total))
+
+    worker_peak = run_worker("pe_export.precision.calibrate", job, work, "calibration", relay)
     result = json.loads((work / "ranges.json").read_text())
     return Ranges(result["amax"], {k: np.asarray(v) for k, v in result["scales"].items()},
-                  {k: np.asarray(v) for k, v in result["channel_max"].items()}, result["peak_rss_mb"])
+                  {k: np.asarray(v) for k, v in result["channel_max"].items()}, worker_peak)
 
 
 # ---- the worker ------------------------------------------------------------------------------------
@@ -150,7 +132,7 @@ def _batches(job: dict, step: str, limit: int | None = None) -> Iterator[dict[st
     size = job["batch_size"]
     for start in range(0, len(calibration), size):
         yield {job["input_name"]: np.ascontiguousarray(calibration[start:start + size])}
-        print(f"{PROGRESS}{step} {min(start + size, len(calibration))} {len(calibration)}", flush=True)
+        report_progress(step, min(start + size, len(calibration)), len(calibration))
 
 
 def _stream(job: dict, graph: bytes, names: list[str], step: str, take: Callable[[str, np.ndarray], None],
@@ -210,12 +192,9 @@ def _quietly(call: Callable, *args):
         return call(*args)
 
 
-def main(job_path: str) -> None:
-    job = json.loads(Path(job_path).read_text())
-    die_with_parent(job["parent"])
-    result = {**_calibrate(job), "peak_rss_mb": round(peak_rss_mb(), 1)}
-    (Path(job["work"]) / "ranges.json").write_text(json.dumps(result))
+def _calibration_job(job: dict) -> None:
+    (Path(job["work"]) / "ranges.json").write_text(json.dumps(_calibrate(job)))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    worker_main(_calibration_job)
