@@ -103,14 +103,15 @@ def _say(step: str) -> None:
 
 
 def _ir_cost(args, variant, profile, precision: str) -> dict:
-    """`pe-export openvino` in a fresh process, from the ONNX made above: wall time and peak RSS."""
+    """`pe-export openvino` in a fresh process, from the ONNX made above: wall time and peak RSS (of its
+    processes together: the command and its workers)."""
     _say(f"pe-export openvino --precision {precision}")
     cost = run_measured(["openvino", "-v", variant.name, "--random-init", "--precision", precision,
                          *(["--profile", args.profile] if args.profile else [])])
     path = ir_path(variant, profile, precision)
     manifest = json.loads(path.with_name(path.name + ".json").read_text()) if cost["code"] == 0 else {}
     weights_gib = variant.parameters * 4 / 2**30
-    return {**cost, "rss_over_weights": round(cost["max_rss_gib"] / weights_gib, 2),
+    return {**cost, "rss_over_weights": round(cost["tree_rss_gib"] / weights_gib, 2),
             "ir_mib": round(sum(f["bytes"] for f in manifest.get("files", {}).values()) / 2**20, 1),
             "inference_precision": manifest.get("inference_precision")}
 
@@ -166,7 +167,7 @@ def _targets(rows: list[dict], costs: dict, profile, batch: int) -> list[dict]:
         checks.append((f"IR export {precision} <= {MAX_IR_SECONDS} s and <= {MAX_IR_RSS_OVER_WEIGHTS}x the fp32 weights",
                        cost["code"] == 0 and cost["seconds"] <= MAX_IR_SECONDS
                        and cost["rss_over_weights"] <= MAX_IR_RSS_OVER_WEIGHTS,
-                       f"{cost['seconds']} s, {cost['max_rss_gib']} GiB = {cost['rss_over_weights']}x"))
+                       f"{cost['seconds']} s, {cost['tree_rss_gib']} GiB = {cost['rss_over_weights']}x"))
     return [{"target": name, "met": bool(met), "figure": figure} for name, met, figure in checks]
 
 
@@ -183,9 +184,10 @@ def _markdown(report: dict) -> str:
                      f"{r['ratio_vs_torch_fp32'][first]:.2f} | "
                      + " | ".join(f"{r['throughput_ips'][b]:.2f}" for b in batches)
                      + f" | {r['cosine_mean']:.5f} | {r['cosine_min']:.5f} | {'yes' if r['passes'] else 'NO'} |")
-    lines += ["", "| OpenVINO IR | float ops in | wall s | peak RSS GiB | RSS / fp32 weights | IR MiB |", "|---|---|---|---|---|---|"]
+    lines += ["", "| OpenVINO IR | float ops in | wall s | peak RSS GiB, all processes (largest one) | RSS / fp32 weights "
+              "| IR MiB |", "|---|---|---|---|---|---|"]
     for precision, c in report["ir_export"].items():
-        lines.append(f"| {precision} | {c['inference_precision']} | {c['seconds']} | {c['max_rss_gib']} | "
+        lines.append(f"| {precision} | {c['inference_precision']} | {c['seconds']} | {c['tree_rss_gib']} ({c['max_rss_gib']}) | "
                      f"{c['rss_over_weights']} | {c['ir_mib']} |")
     lines += ["", "| target | met | figure |", "|---|---|---|"]
     lines += [f"| {t['target']} | {'yes' if t['met'] else 'NO'} | {t['figure']} |" for t in report["targets"]]

@@ -21,6 +21,7 @@ from pathlib import Path
 from pe_export.errors import PeExportError, UsageError
 
 log = logging.getLogger("pe_export")
+ROOT = Path("artifacts")  # where artifacts go unless a path is given, below the working directory
 NOTHING_TO_REUSE = "nothing to reuse"  # why `reusable` says no when no artifact is there
 
 

@@ -35,7 +35,7 @@ from pe_export.serving import InstanceKind
 from pe_export.variants import OutputKind
 
 if TYPE_CHECKING:
-    from pe_export.model import ModelSource
+    from pe_export.source import ModelSource
     from pe_export.report import Report
     from pe_export.serving.repository import ServingOptions
 
@@ -119,7 +119,7 @@ def model_command(command: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(command)
     def with_source(*, variant: str, checkpoint: Optional[str] = None, random_init: bool = False, seed: int = 0,
                     **options: object) -> None:
-        from pe_export.model import ModelSource
+        from pe_export.source import ModelSource
 
         command(source=ModelSource(variant, checkpoint, random_init, seed), **options)
 
@@ -696,6 +696,7 @@ def parity(
     """
     from pe_export.bench.parity import (artifact_backends, artifacts_to_score, default_artifacts, parity_inputs,
                                         run_parity)
+    from pe_export.model import load_source
     from pe_export.variants import get_variant
 
     # backends, inputs and artifacts are all checked before the weights load
@@ -706,7 +707,7 @@ def parity(
     inputs = parity_inputs(variant, images, synthetic)
     paths = artifacts_to_score(variant, paths)
     with stages("loading weights"):
-        loaded = source.load()
+        loaded = load_source(source)
     with _progress() as bar:
         task = bar.add_task("parity", total=len(pairs))
         report = run_parity(loaded, paths, threads=threads, on_row=lambda row: bar.advance(task), inputs=inputs,
@@ -753,6 +754,7 @@ def bench(
 
     from pe_export.bench.bench import BenchSettings, check_request, regressions, run_bench, skipped_pairs
     from pe_export.bench.plot import plot_throughput, require_plotting
+    from pe_export.model import load_source
     from pe_export.report import load_report
 
     try:
@@ -769,7 +771,7 @@ def bench(
         require_plotting()
     past = _baseline(baseline, load_report) if baseline else None
     with stages("loading weights"):
-        loaded = source.load()
+        loaded = load_source(source)
     rows = (len(settings.backends) * len(settings.precisions) - len(skipped_pairs(settings))) * len(settings.batches)
     with _progress() as bar:
         task = bar.add_task("rows", total=rows)

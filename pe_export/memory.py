@@ -50,10 +50,19 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def rss_mb() -> float:
+    """What this process holds resident now (Linux; elsewhere its lifetime peak, an upper bound)."""
+    return _status_mb("VmRSS")
+
+
 def peak_rss_mb() -> float:
     """VmHWM since the last reset where Linux offers it, else the process's lifetime peak."""
+    return _status_mb("VmHWM")
+
+
+def _status_mb(field: str) -> float:
     if _STATUS.is_file():
         for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -11,6 +11,7 @@ cosine_min, max_abs, rel_l2, threshold, passed (plus pooled_cosine, retrieval_to
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, Union
 
@@ -84,6 +85,15 @@ class ParityRow(BaseModel):
     def recorded(cls, data: dict) -> "ParityRow":
         """The row an artifact's manifest recorded, without the fields the manifest adds (inputs)."""
         return cls(**{k: v for k, v in data.items() if k in cls.model_fields})
+
+
+@dataclass(frozen=True)
+class PrecisionResult:
+    """A precision artifact that passed its gate: its path, its manifest and its parity row."""
+
+    path: Path
+    manifest: dict
+    parity: ParityRow
 
 
 class Report(BaseModel):

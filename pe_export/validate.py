@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-import torch
 
 from pe_export import artifacts
 from pe_export.errors import UsageError
@@ -17,6 +17,9 @@ from pe_export.precisions import get_precision
 from pe_export.report import ParityRow
 from pe_export.runners import ARTIFACT_SUFFIXES, BACKENDS, default_backend, open_runner
 from pe_export.variants import Variant
+
+if TYPE_CHECKING:
+    import torch
 
 # One seed per purpose, so the inputs that prove an export, score an artifact and time a runner
 # stay apart from each other (and from calibration data, see precision.calibration).
@@ -92,6 +95,8 @@ def pooled_features(output: np.ndarray) -> np.ndarray:
 
 def seeded_batch(variant: Variant, count: int, seed: int) -> np.ndarray:
     """`count` inputs in the model's input range [-1, 1], the same on every machine for a seed."""
+    import torch
+
     size = variant.image_size
     gen = torch.Generator().manual_seed(seed)
     return (torch.rand(count, 3, size, size, generator=gen) * 2 - 1).numpy()
@@ -195,6 +200,8 @@ def _chunk(manifest: dict, chunk: int) -> int:
 
 def reference_outputs(module: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
     """The torch fp32 outputs that artifacts are scored against."""
+    import torch
+
     with torch.no_grad():
         return run_in_chunks(lambda x: module(torch.from_numpy(x)).numpy(), batch)
 

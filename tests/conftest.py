@@ -67,3 +67,16 @@ def _offline_hub():
 @pytest.fixture(scope="session", autouse=True)
 def _threads():
     torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def forbid_loading(monkeypatch):
+    """forbid_loading(why): from now on, loading weights (here, or by starting the worker that would)
+    fails the test with `why`: for checks that must come before any work."""
+    def forbid(why: str) -> None:
+        def fail(*args, **kwargs):
+            pytest.fail(why)
+        monkeypatch.setattr("pe_export.model.factory.load_model", fail)
+        monkeypatch.setattr("pe_export.openvino.ir.run_worker", fail)
+
+    return forbid

@@ -13,7 +13,7 @@ import onnx
 import pytest
 
 from pe_export.cli import main
-from pe_export.model import ModelSource, load_model
+from pe_export.model import load_model
 from pe_export.onnx.export import ExportOptions, export_onnx
 
 SPATIAL, CORE = "PE-Spatial-T16-512", "PE-Core-T16-384"
@@ -91,11 +91,12 @@ CASES = [
 
 
 @pytest.mark.parametrize("command, args, code, message", CASES, ids=[f"{c[0]}-{c[3]}" for c in CASES])
-def test_bad_input_is_one_line_with_its_exit_code(bad, tmp_path, monkeypatch, capsys, command, args, code, message):
+def test_bad_input_is_one_line_with_its_exit_code(bad, tmp_path, monkeypatch, forbid_loading, capsys, command, args, code,
+                                                  message):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("COLUMNS", "80")
     if command in ("parity", "quantize", "onnx", "check"):  # inputs these commands can check come first
-        monkeypatch.setattr(ModelSource, "load", lambda *a, **k: pytest.fail("loaded weights before checking input"))
+        forbid_loading("loaded weights before checking input")
     argv = [str(bad / a[1:-1]) if a.startswith("{") else a for a in args]
     before = sorted(bad.rglob("*"))
     with pytest.raises(SystemExit) as exit_info:

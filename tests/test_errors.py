@@ -8,7 +8,6 @@ import pytest
 
 from pe_export import errors
 from pe_export.cli import main
-from pe_export.model import ModelSource
 
 
 def test_exit_codes_by_kind():
@@ -26,14 +25,14 @@ def test_require_extra_names_the_pip_command():
 
 
 @pytest.fixture
-def without(monkeypatch):
+def without(monkeypatch, forbid_loading):
     """Hide an installed module from find_spec, as if its extra were not installed."""
     real = importlib.util.find_spec
 
     def hide(name: str) -> None:
         monkeypatch.setattr(importlib.util, "find_spec",
                             lambda module, *a: None if module.split(".")[0] == name else real(module, *a))
-        monkeypatch.setattr(ModelSource, "load", lambda *a, **k: pytest.fail("started work before checking extras"))
+        forbid_loading("started work before checking extras")
 
     return hide
 
@@ -61,12 +60,12 @@ def test_missing_extras_exit_3_before_any_work(without, capsys, tmp_path, monkey
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bf16_on_a_cpu_without_bf16_units_exits_3_before_any_work(capsys, tmp_path, monkeypatch):
+def test_bf16_on_a_cpu_without_bf16_units_exits_3_before_any_work(capsys, tmp_path, monkeypatch, forbid_loading):
     from pe_export.runners import openvino
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(openvino, "cpu_capabilities", lambda: frozenset({"FP32", "INT8"}))
-    monkeypatch.setattr(ModelSource, "load", lambda *a, **k: pytest.fail("started work before checking the CPU"))
+    forbid_loading("started work before checking the CPU")
     with pytest.raises(SystemExit) as exit_info:
         main(["openvino", "-v", "PE-Spatial-T16-512", "--random-init", "--precision", "bf16"])
     err = capsys.readouterr().err

@@ -85,7 +85,7 @@ def artifacts_to_score(variant: Variant, given: Sequence[Path] = ()) -> list[Pat
     return paths
 
 
-def default_artifacts(variant_name: str, root: Path = Path("artifacts")) -> list[Path]:
+def default_artifacts(variant_name: str, root: Path = artifact_files.ROOT) -> list[Path]:
     """Every artifact with a manifest under artifacts/<variant>/."""
     folder = root / variant_name
     found = sorted(p for p in folder.glob("*")

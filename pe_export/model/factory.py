@@ -8,26 +8,11 @@ from pathlib import Path
 import torch
 
 from pe_export.artifacts import file_sha256
-from pe_export.errors import UsageError
 from pe_export.model.checkpoint import check_keys, read_checkpoint
 from pe_export.model.hub import resolve_checkpoint
 from pe_export.model.pe import PEVisionTower
+from pe_export.source import ModelSource, WeightSource
 from pe_export.variants import Variant, get_variant
-
-
-@dataclass(frozen=True)
-class WeightSource:
-    """Where the weights came from: a checkpoint file (with its sha256) or a random-init seed."""
-
-    checkpoint: Path | None
-    sha256: str | None
-    seed: int | None
-
-    def describe(self) -> str:
-        return f"random-init (seed {self.seed})" if self.checkpoint is None else str(self.checkpoint)
-
-    def as_dict(self) -> dict:
-        return {"checkpoint": str(self.checkpoint) if self.checkpoint else None, "sha256": self.sha256, "seed": self.seed}
 
 
 @dataclass(frozen=True)
@@ -96,18 +81,6 @@ def load_model(
     return LoadedModel(variant, model.eval(), WeightSource(path, file_sha256(path), None))
 
 
-@dataclass(frozen=True)
-class ModelSource:
-    """Which weights a command works on: a variant with a checkpoint, its hub file, or random init."""
-
-    variant: str | Variant
-    checkpoint: str | Path | None = None
-    random_init: bool = False
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.checkpoint and self.random_init:
-            raise UsageError("give either --checkpoint or --random-init, not both")
-
-    def load(self, dtype: torch.dtype = torch.float32) -> LoadedModel:
-        return load_model(self.variant, self.checkpoint, random_init=self.random_init, seed=self.seed, dtype=dtype)
+def load_source(source: ModelSource) -> LoadedModel:
+    """The eval-mode fp32 model with the weights `source` names."""
+    return load_model(source.variant, source.checkpoint, random_init=source.random_init, seed=source.seed)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pe_export.model.factory import ModelSource, WeightSource
+from pe_export.model.factory import load_source
+from pe_export.source import ModelSource, WeightSource
 from pe_export.variants import Variant
 
 
@@ -40,7 +41,7 @@ class ModelInfo:
 
 def describe(source: ModelSource) -> ModelInfo:
     """Load the source's weights (strictly checked) and summarise model and source."""
-    loaded = source.load()
+    loaded = load_source(source)
     params = sum(p.numel() for p in loaded.model.parameters())
     tensors = len(loaded.model.state_dict())
     return ModelInfo(loaded.variant, params, tensors, loaded.source)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pe_export import artifacts
 from pe_export.errors import CheckFailed, UsageError
 from pe_export.memory import free_weights, release_memory
-from pe_export.model import LoadedModel, ModelSource
+from pe_export.model import LoadedModel, ModelSource, load_source
 from pe_export.model.head import OutputHead, check_output
 from pe_export.onnx import passes
 from pe_export.onnx.lowering import FUSED_MIN_OPSET, translation_table
@@ -126,7 +126,7 @@ class ExportResult:
     manifest: dict
 
 
-def default_output_path(variant: Variant, spec: ResolvedExport, root: Path = Path("artifacts")) -> Path:
+def default_output_path(variant: Variant, spec: ResolvedExport, root: Path = artifacts.ROOT) -> Path:
     return root / variant.name / f"{spec.file_stem(variant.name)}.onnx"
 
 
@@ -152,7 +152,7 @@ def export_variant(
     # call returns).
     def load() -> LoadedModel:
         progress("loading weights")
-        return source.load()
+        return load_source(source)
 
     return _export(load, options, path, progress, owns_weights=True)
 

@@ -1,30 +1,79 @@
 """`pe-export openvino`: an OpenVINO IR (.xml/.bin) of the fp32 or int8 Q/DQ ONNX (made or reused
-through the earlier stages), proven on OpenVINO against torch fp32 before it takes its name."""
+through the earlier stages), proven on OpenVINO against torch fp32 before it takes its name.
+
+The work runs in worker processes (`pe_export.openvino.worker`), one after the other, so that what
+one holds is given back before the next starts: the torch half (weights, the ONNX, torch fp32's
+outputs on the parity inputs), then OpenVINO's (conversion and parity). The process that runs
+`openvino_variant` never imports torch; it only checks the request, passes the reference from one
+worker to the next and publishes the IR. The export's peak is therefore OpenVINO's own: an fp32 IR's
+compiled model holds the IR's constants beside the CPU plugin's repacked weights.
+"""
 
 from __future__ import annotations
 
+import json
 import resource
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
 
 from pe_export import artifacts
 from pe_export.errors import CheckFailed, Unavailable
-from pe_export.memory import free_weights, release_memory
-from pe_export.model import LoadedModel, ModelSource
-from pe_export.model.head import OutputHead
-from pe_export.onnx.export import default_output_path, resolve
+from pe_export.memory import rss_mb
 from pe_export.precision.convert import require_tools
 from pe_export.precision.profiles import Profile, cpu_profile, resolve_profile
-from pe_export.precision.quantize import (PARITY_SAMPLES, PrecisionResult, export_options, precision_onnx,
-                                         require_real_calibration)
 from pe_export.precisions import get_precision
-from pe_export.report import ParityRow
-from pe_export.runners.device import cpu_name
+from pe_export.processes import run_worker
+from pe_export.report import ParityRow, PrecisionResult
 from pe_export.runners.openvino import inference_precision, require_precision
-from pe_export.validate import artifact_parity, reference_outputs, synthetic_inputs
+from pe_export.source import ModelSource
+from pe_export.validate import ParityInputs
 from pe_export.variants import Variant, get_variant
 from pe_export.versions import versions
+
+if TYPE_CHECKING:
+    from pe_export.model import LoadedModel
+
+Progress = Callable[[str], None]
+WORKER = "pe_export.openvino.worker"
+PARITY = "parity.json"  # the IR worker's parity row
+_INPUTS, _OUTPUTS, _REFERENCE = "inputs.npy", "outputs.npy", "reference.json"
+# The IR worker's allocator: glibc raises its mmap threshold as large blocks are freed, after which
+# OpenVINO's many-MB weight and scratch buffers land in per-thread heaps that keep freed pages; a
+# fixed 1 MiB threshold maps and unmaps them instead (L14 fp32: 2.47 GiB peak every run, against
+# 2.57 or 2.83 GiB by the run's thread timing).
+_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(2**20)}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What the torch side hands the IR: the ONNX to convert, the IR's default path, and torch fp32's
+    outputs on the parity inputs, with where the weights came from."""
+
+    variant: str
+    onnx_path: Path
+    ir_path: Path  # beside the profile's fp32 ONNX
+    inputs: ParityInputs
+    outputs: np.ndarray
+    weights: dict
+    device: str  # the CPU, as reports name it
+
+    def save(self, folder: Path) -> None:
+        np.save(folder / _INPUTS, self.inputs.batch)
+        np.save(folder / _OUTPUTS, self.outputs)
+        (folder / _REFERENCE).write_text(json.dumps({
+            "variant": self.variant, "onnx_path": str(self.onnx_path), "ir_path": str(self.ir_path),
+            "names": self.inputs.names, "weights": self.weights, "device": self.device}))
+
+    @classmethod
+    def load(cls, folder: Path) -> "Reference":
+        fields = json.loads((folder / _REFERENCE).read_text())
+        inputs = ParityInputs(np.load(folder / _INPUTS), fields.pop("names"), real_images=False)
+        return cls(**{**fields, "onnx_path": Path(fields["onnx_path"]), "ir_path": Path(fields["ir_path"])},
+                   inputs=inputs, outputs=np.load(folder / _OUTPUTS))
 
 
 def source_precision(precision: str) -> str:
@@ -35,8 +84,17 @@ def source_precision(precision: str) -> str:
 
 def ir_path(variant: Variant, profile: Profile, precision: str) -> Path:
     """Beside the profile's fp32 ONNX: `<variant>.<target>.<precision>.xml`."""
+    from pe_export.onnx.export import default_output_path, resolve
+    from pe_export.precision.quantize import export_options
+
     fp32 = default_output_path(variant, resolve(export_options(profile), variant))
     return fp32.with_name(f"{fp32.stem}.{precision}.xml")
+
+
+def request_profile(variant: Variant, profile: str | Path | None, calib: str | None, samples: int | None) -> Profile:
+    """The profile a request names (default: the variant's CPU profile), with its calibration overrides."""
+    chosen = resolve_profile(profile, variant) if profile else cpu_profile(variant.name)
+    return chosen.with_calibration(calib, samples)
 
 
 def openvino_variant(
@@ -47,68 +105,80 @@ def openvino_variant(
     calib: str | None = None,
     samples: int | None = None,
     output: Path | None = None,
-    progress: Callable[[str], None] = lambda step: None,
+    progress: Progress = lambda step: None,
 ) -> PrecisionResult:
-    """Check the request, load the weights, then make the IR (default precision: the one the profile
-    deploys on OpenVINO, else fp32).
-
-    The torch weights are freed once the reference outputs are computed, so that torch and OpenVINO
-    never hold the weights at the same time.
-    """
+    """Check the request, then let one worker load the weights and make the ONNX and the torch reference,
+    and the next make the IR (default precision: the one the profile deploys on OpenVINO, else fp32)."""
+    started = time.perf_counter()
     variant = get_variant(source.variant)
-    chosen = (resolve_profile(profile, variant) if profile else cpu_profile(variant.name)).with_calibration(calib, samples)
+    chosen = request_profile(variant, profile, calib, samples)
     precision = precision or chosen.deployed_precision("openvino") or "fp32"
     require_precision(precision)
     chosen.require(precision)
     require_tools(source_precision(precision))
-    require_real_calibration(source, chosen, source_precision(precision), calib)
+    chosen.require_real_calibration(source_precision(precision), not source.random_init, calib)
     if output:
         artifacts.prepare_destination(Path(output))
-    progress("loading weights")
-    loaded = source.load()
-    onnx_path = precision_onnx(loaded, source_precision(precision), chosen, progress)
-    return _make_ir(loaded, precision, chosen, onnx_path, output, progress, owns_weights=True)
+    # the reference is staged where the IR goes (by default the variant's artifacts folder), so that a
+    # killed run's is removed by the next run there, like any unfinished artifact
+    with artifacts.staging(Path(output) if output else artifacts.ROOT / variant.name / "reference") as work:
+        held = rss_mb()
+        job = {"job": "reference", "source": source.as_job(), "precision": precision,
+               "profile": str(profile) if profile else None, "calib": calib, "samples": samples}
+        torch_peak = run_worker(WORKER, job, work, "the torch reference", progress)
+        reference = Reference.load(work)
+    return _make_ir(reference, precision, chosen, Path(output) if output else reference.ir_path, progress, started,
+                    earlier_peak_mb=held + torch_peak)
 
 
-def ensure_ir(loaded: LoadedModel, precision: str, profile: Profile,
-              progress: Callable[[str], None] = lambda step: None) -> PrecisionResult:
-    """The IR of a precision for this profile: reused when its key matches (same source ONNX,
-    inference precision, threshold and OpenVINO), else made, saying why."""
+def torch_reference(loaded: LoadedModel, onnx_path: Path, ir_path: Path, progress: Progress) -> Reference:
+    """torch fp32's outputs on the parity inputs, for the IR converted from `onnx_path`."""
+    from pe_export.model.head import OutputHead
+    from pe_export.precision.quantize import PARITY_SAMPLES
+    from pe_export.runners.device import cpu_name
+    from pe_export.validate import reference_outputs, synthetic_inputs
+
+    progress("computing torch fp32 reference outputs")
+    options = artifacts.read_manifest(onnx_path)["options"]
+    inputs = synthetic_inputs(loaded.variant, PARITY_SAMPLES)
+    outputs = reference_outputs(OutputHead.for_options(loaded.model, options).eval(), inputs.batch)
+    return Reference(loaded.variant.name, onnx_path, ir_path, inputs, outputs, loaded.source.as_dict(), cpu_name())
+
+
+def ensure_ir(loaded: LoadedModel, precision: str, profile: Profile, progress: Progress = lambda step: None) -> PrecisionResult:
+    """The IR of a precision for this profile, from weights loaded in this process: reused when its key
+    matches (same source ONNX, inference precision, threshold and OpenVINO), else made, saying why."""
+    from pe_export.precision.quantize import precision_onnx
+
     require_precision(precision)
+    started = time.perf_counter()
     onnx_path = precision_onnx(loaded, source_precision(precision), profile, progress=progress)
     path = ir_path(loaded.variant, profile, precision)
     manifest = artifacts.reuse(path, ir_key(onnx_path, precision, profile), progress)
     if manifest is not None:
         return PrecisionResult(path, manifest, ParityRow.recorded(manifest["parity"]))
-    return _make_ir(loaded, precision, profile, onnx_path, path, progress, owns_weights=False)
+    return _make_ir(torch_reference(loaded, onnx_path, path, progress), precision, profile, path, progress, started)
 
 
-def _make_ir(loaded: LoadedModel, precision: str, profile: Profile, onnx_path: Path, output: Path | None,
-             progress: Callable[[str], None], owns_weights: bool) -> PrecisionResult:
-    start = time.perf_counter()
-    options = artifacts.read_manifest(onnx_path)["options"]
-    path = Path(output) if output else ir_path(loaded.variant, profile, precision)
+def _make_ir(reference: Reference, precision: str, profile: Profile, path: Path, progress: Progress,
+             started: float, earlier_peak_mb: float = 0.0) -> PrecisionResult:
+    """Convert and prove the IR in a worker (OpenVINO's memory goes back to the system when it ends),
+    then publish it. `earlier_peak_mb`: the most this process and an earlier worker held together."""
     artifacts.prepare_destination(path)
-    progress("computing torch fp32 reference outputs")
-    inputs = synthetic_inputs(loaded.variant, PARITY_SAMPLES)
-    reference = reference_outputs(OutputHead.for_options(loaded.model, options).eval(), inputs.batch)
-    manifest = _manifest(loaded, precision, profile, onnx_path, options)
-    if owns_weights:  # the CLI: OpenVINO's copy replaces the torch weights
-        free_weights(loaded.model)
+    manifest = _manifest(reference, precision, profile)
     with artifacts.staging(path) as scratch:
-        staged = scratch / path.name
-        progress(f"converting {onnx_path.name} to OpenVINO IR")
-        _convert(onnx_path, staged, compress_to_fp16=precision == "bf16")
-        release_memory()
-        model_files = [staged, staged.with_suffix(".bin")]
+        reference.save(scratch)
         manifest_file = scratch / artifacts.manifest_path(path).name
         artifacts.write_json(manifest_file, manifest)  # parity reads the artifact's precision from it
-        progress(f"proving {precision} parity on OpenVINO")
-        # one image at a time: the compiled model holds 1.8x the fp32 weights already
-        row = artifact_parity(staged, reference, inputs, profile.threshold(precision), chunk=1)
+        held = rss_mb()
+        job = {"job": "ir", "xml": path.name, "precision": precision, "threshold": profile.threshold(precision)}
+        ir_peak = run_worker(WORKER, job, scratch, "the IR conversion", progress, env=_ALLOCATOR)
+        row = ParityRow.model_validate_json((scratch / PARITY).read_text())
+        model_files = [scratch / path.name, (scratch / path.name).with_suffix(".bin")]
+        own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         manifest.update(parity={**row.model_dump(), "inputs": "synthetic, seed 1 (apart from calibration)"},
-                        seconds=round(time.perf_counter() - start, 1), files=artifacts.file_digests(model_files),
-                        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+                        seconds=round(time.perf_counter() - started, 1), files=artifacts.file_digests(model_files),
+                        peak_rss_mb=round(max(own_peak, earlier_peak_mb, held + ir_peak), 1))
         artifacts.write_json(manifest_file, manifest)
         if row.passed is False:
             raise CheckFailed(
@@ -119,7 +189,7 @@ def _make_ir(loaded: LoadedModel, precision: str, profile: Profile, onnx_path: P
     return PrecisionResult(path, manifest, row)
 
 
-def _convert(onnx_path: Path, xml: Path, compress_to_fp16: bool) -> None:
+def convert(onnx_path: Path, xml: Path, compress_to_fp16: bool) -> None:
     """ONNX to IR as OpenVINO's converter makes it: its common (MOC) transformations, and every weight's
     Q/DQ pair folded into int8 constants (a quarter of the fp32 file). The steps are called one by one
     because `ov.convert_model` forks the process once per usage-telemetry event (21 per call here): a
@@ -153,15 +223,16 @@ def _sha256(onnx_path: Path) -> str:
     return artifacts.read_manifest(onnx_path)["files"][onnx_path.name]["sha256"]
 
 
-def _manifest(loaded: LoadedModel, precision: str, profile: Profile, onnx_path: Path, options: dict) -> dict:
+def _manifest(reference: Reference, precision: str, profile: Profile) -> dict:
+    onnx_path = reference.onnx_path
     return {
         "kind": "openvino-ir",
-        "variant": loaded.variant.name,
+        "variant": reference.variant,
         "precision": precision,
         "inference_precision": inference_precision(precision),
-        "device": cpu_name(),  # where the parity below was proven
-        "weights": loaded.source.as_dict(),
-        "options": options,
+        "device": reference.device,  # where the parity below was proven
+        "weights": reference.weights,
+        "options": artifacts.read_manifest(onnx_path)["options"],
         "source_onnx": {"path": str(onnx_path), "sha256": _sha256(onnx_path)},
         "profile": {"name": profile.name, "path": str(profile.path) if profile.path else None},
         "versions": versions(("pe-export", "torch", "onnx", "openvino")),

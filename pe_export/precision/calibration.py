@@ -12,8 +12,7 @@ import numpy as np
 
 from pe_export.errors import UsageError
 from pe_export.model.preprocess import IMAGE_SUFFIXES, preprocess
-
-SYNTHETIC = "synthetic"
+from pe_export.precision.profiles import SYNTHETIC
 
 
 @dataclass(frozen=True)

@@ -59,8 +59,11 @@ class BatchSection(Strict):
         return self
 
 
+SYNTHETIC = "synthetic"  # calibration on seeded uniform noise instead of images
+
+
 class CalibrationSection(Strict):
-    source: str = Field("synthetic", description="'synthetic', an image folder, or a glob such as photos/**/*.jpg")
+    source: str = Field(SYNTHETIC, description="'synthetic', an image folder, or a glob such as photos/**/*.jpg")
     samples: int = Field(32, ge=1)
     batch_size: int = Field(4, ge=1)
     seed: int = 0
@@ -156,6 +159,16 @@ class Profile(Strict):
         """This profile with the automatic fallback on for `precision` (int8 or fp8)."""
         section = getattr(self.quantization, precision).model_copy(update={"auto_exclude": True})
         return self.model_copy(update={"quantization": self.quantization.model_copy(update={precision: section})})
+
+    def require_real_calibration(self, precision: str, real_weights: bool, calib: str | None) -> None:
+        """Calibrating real weights on uniform noise is for demos: the profile's synthetic source is
+        refused for them unless the command line says `--calib synthetic` itself."""
+        if get_precision(precision).calibrated and real_weights and self.calibration.source == SYNTHETIC and calib != SYNTHETIC:
+            raise UsageError(
+                f"{precision} of real weights needs real calibration images: give --calib a folder or glob of "
+                f"{self.calibration.samples} or more representative images (e.g. --calib photos/ or --calib "
+                "'photos/**/*.jpg'), or --calib synthetic to calibrate on noise anyway"
+            )
 
     def threshold(self, precision: str) -> float:
         return {**default_thresholds(), **self.parity}[precision]

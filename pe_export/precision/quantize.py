@@ -5,23 +5,22 @@ name, and the ranking of its quantized sites by the damage each one does."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from pe_export import artifacts
 from pe_export.errors import CheckFailed, UsageError
 from pe_export.memory import peak_rss_mb, release_memory
-from pe_export.model import LoadedModel, ModelSource
+from pe_export.model import LoadedModel, ModelSource, load_source
 from pe_export.model.head import OutputHead
 from pe_export.onnx.export import EXTERNAL_DATA_BYTES, INPUT_NAME, ExportOptions, ExportResult, ensure_onnx
 from pe_export.precision import convert, sensitivity
 from pe_export.precision.calibrate import calibration_provider
-from pe_export.precision.calibration import SYNTHETIC, CalibrationSet, images_fingerprint, load_calibration
+from pe_export.precision.calibration import CalibrationSet, images_fingerprint, load_calibration
 from pe_export.precision.profiles import Profile, resolve_profile
 from pe_export.precision.sensitivity import Emulator, Mode, SensitivityReport
 from pe_export.precisions import get_precision
-from pe_export.report import ParityRow
+from pe_export.report import ParityRow, PrecisionResult
 from pe_export.validate import ParityInputs, artifact_parity, reference_outputs, synthetic_inputs
 from pe_export.variants import get_variant
 from pe_export.versions import versions
@@ -32,13 +31,6 @@ PARITY_SAMPLES = 4
 RANKING_IMAGES = 1
 PREDICTED_PER_STEP = 4  # fallback candidates (1, 2, ... sites kept) emulated per step
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class PrecisionResult:
-    path: Path
-    manifest: dict
-    parity: ParityRow
 
 
 def export_options(profile: Profile) -> ExportOptions:
@@ -56,20 +48,8 @@ def resolve_request(source: ModelSource, precision: str, profile: str | Path | N
     chosen = resolve_profile(profile, get_variant(source.variant)).with_calibration(calib, samples)
     chosen.require(precision)
     convert.require_tools(precision)
-    require_real_calibration(source, chosen, precision, calib)
+    chosen.require_real_calibration(precision, not source.random_init, calib)
     return chosen
-
-
-def require_real_calibration(source: ModelSource, profile: Profile, precision: str, calib: str | None) -> None:
-    """Calibrating real weights on uniform noise is for demos: a profile's synthetic source is refused
-    for them unless the command line says `--calib synthetic` itself."""
-    if (get_precision(precision).calibrated and not source.random_init and profile.calibration.source == SYNTHETIC
-            and calib != SYNTHETIC):
-        raise UsageError(
-            f"{precision} of real weights needs real calibration images: give --calib a folder or glob of "
-            f"{profile.calibration.samples} or more representative images (e.g. --calib photos/ or --calib "
-            "'photos/**/*.jpg'), or --calib synthetic to calibrate on noise anyway"
-        )
 
 
 def quantize_variant(
@@ -100,7 +80,7 @@ def quantize_variant(
     if output:
         artifacts.prepare_destination(Path(output))
     progress("loading weights")
-    loaded = source.load()
+    loaded = load_source(source)
     return make_precision(loaded, precision, chosen, calibration, output, progress)
 
 
@@ -287,7 +267,7 @@ def sensitivity_variant(
     progress("reading calibration images")
     calibration = read_calibration(chosen, variant.image_size)
     progress("loading weights")
-    loaded = source.load()
+    loaded = load_source(source)
     fp32 = ensure_onnx(loaded, export_options(chosen), progress=progress)
     progress("computing the torch outputs to score against")
     inputs = synthetic_inputs(variant, images)

@@ -9,10 +9,10 @@ from pydantic import ValidationError
 
 from pe_export import artifacts
 from pe_export.errors import TensorRTUnavailable, UsageError
-from pe_export.model import LoadedModel, ModelSource
+from pe_export.model import LoadedModel, ModelSource, load_source
 from pe_export.precision.convert import require_tools
 from pe_export.precision.profiles import Profile, resolve_profile
-from pe_export.precision.quantize import precision_onnx, require_real_calibration
+from pe_export.precision.quantize import precision_onnx
 from pe_export.precisions import get_precision
 from pe_export.runners.tensorrt import incompatibility
 from pe_export.runners.tensorrt_env import Gpu, current_gpu, import_tensorrt
@@ -101,12 +101,12 @@ def trt_variant(
     chosen.require(precision)
     require_gpu_for(precision, gpu)
     require_tools(precision)
-    require_real_calibration(source, chosen, precision, calib)
+    chosen.require_real_calibration(precision, not source.random_init, calib)
     settings = build_settings(chosen, precision, **overrides)
     check_dla(settings.dla_core)
     if output:
         artifacts.prepare_destination(Path(output))
     progress("loading weights")
-    loaded = source.load()
+    loaded = load_source(source)
     onnx_path = precision_onnx(loaded, precision, chosen, progress)
     return ensure_engine(onnx_path, settings, Path(output) if output else None, gpu, progress)

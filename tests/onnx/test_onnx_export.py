@@ -244,8 +244,8 @@ def test_killed_export_process_leaves_no_file_and_the_next_export_clears_its_sta
         (ExportOptions(opset=13, rope="decomposed", attention="decomposed"), "below the lowest supported"),
     ],
 )
-def test_bad_options_fail_before_loading(options, message, tmp_path, monkeypatch):
-    monkeypatch.setattr(ModelSource, "load", lambda *a, **k: pytest.fail("loaded weights before checking options"))
+def test_bad_options_fail_before_loading(options, message, tmp_path, forbid_loading):
+    forbid_loading("loaded weights before checking options")
     with pytest.raises(UsageError, match=message):
         export_variant(ModelSource(SPATIAL, random_init=True), options=options, output=tmp_path / "m.onnx")
 

@@ -151,7 +151,7 @@ def test_a_missed_threshold_writes_nothing_and_keeps_the_previous_ir(spatial, pr
     path.with_name(path.name + ".json").write_text("{}")  # a stale manifest: the IR must be made again
     # the int8 ONNX that passed its own gate stays the source (a stricter int8 threshold would remake it too)
     source = Path(made["int8"].manifest["source_onnx"]["path"])
-    monkeypatch.setattr("pe_export.openvino.ir.precision_onnx", lambda *args, **kwargs: source)
+    monkeypatch.setattr("pe_export.precision.quantize.precision_onnx", lambda *args, **kwargs: source)
     with pytest.raises(CheckFailed, match=r"the int8 IR misses its parity threshold on OpenVINO: token cosine mean "
                                           r"0\.99\d+ < 0\.9999999 .*nothing was written"):
         ensure_ir(spatial, "int8", strict)

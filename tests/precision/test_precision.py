@@ -291,8 +291,8 @@ parity: {{int8: 0.9999999}}
     assert (tmp_path / "out" / "m.int8.onnx.rejected" / "m.int8.onnx").is_file()
 
 
-def test_request_errors_come_before_loading(monkeypatch, tmp_path):
-    monkeypatch.setattr(ModelSource, "load", lambda *a, **k: pytest.fail("loaded weights before checking the request"))
+def test_request_errors_come_before_loading(forbid_loading, tmp_path):
+    forbid_loading("loaded weights before checking the request")
     with pytest.raises(UsageError, match="cannot run fp8"):
         quantize_variant(ModelSource("L14", random_init=True), "fp8", profile="pe-lang-l14-cpu-edge")
     with pytest.raises(UsageError, match="is for PE-Lang-L14-448, not PE-Spatial-T16-512"):
@@ -307,10 +307,10 @@ def test_request_errors_come_before_loading(monkeypatch, tmp_path):
         quantize_variant(ModelSource(SPATIAL, random_init=True), "int8", calib=str(tmp_path / "empty"))
 
 
-def test_real_weights_refuse_synthetic_calibration_unless_asked(monkeypatch, fixtures, tmp_path):
+def test_real_weights_refuse_synthetic_calibration_unless_asked(monkeypatch, forbid_loading, fixtures, tmp_path):
     from pe_export.precision.quantize import sensitivity_variant
 
-    monkeypatch.setattr(ModelSource, "load", lambda *a, **k: pytest.fail("loaded weights before checking the request"))
+    forbid_loading("loaded weights before checking the request")
     real = ModelSource(SPATIAL, fixtures.checkpoint(SPATIAL))
     own = _profile(tmp_path, f"name: own\nvariant: {SPATIAL}\ncalibration: {{source: synthetic, samples: 8}}\n")
     for profile, samples in ((None, 32), (str(own), 8)):
@@ -325,7 +325,7 @@ def test_real_weights_refuse_synthetic_calibration_unless_asked(monkeypatch, fix
 
     def reached(*args, **kwargs):
         raise Loading
-    monkeypatch.setattr(ModelSource, "load", reached)  # past the request checks
+    monkeypatch.setattr("pe_export.model.factory.load_model", reached)  # past the request checks
     for source, calib in ((real, "synthetic"), (ModelSource(SPATIAL, random_init=True), None)):
         with pytest.raises(Loading):
             quantize_variant(source, "int8", calib=calib, samples=2)
