@@ -59,14 +59,19 @@ def staging(path: Path) -> Iterator[Path]:
         yield folder
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            free = shutil.disk_usage(path.parent).free / 2**30
-            raise PeExportError(f"disk full while writing {path} ({free:.1f} GiB free); free space or use -o elsewhere") from exc
+            raise disk_full(path) from exc
         raise
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         for empty in created:  # deepest first
             with contextlib.suppress(OSError):
                 empty.rmdir()
+
+
+def disk_full(path: Path) -> PeExportError:
+    """The error for a write to `path` that ran out of disk space."""
+    free = shutil.disk_usage(path.parent).free / 2**30
+    return PeExportError(f"disk full while writing {path} ({free:.1f} GiB free); free space or use -o elsewhere")
 
 
 def remove_dead_staging(folder: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from pe_export import artifacts
-from pe_export.errors import CheckFailed, Unavailable
+from pe_export.errors import CheckFailed, PeExportError, Unavailable
 from pe_export.memory import rss_mb
 from pe_export.precision.convert import require_tools
 from pe_export.precision.profiles import Profile, cpu_profile, resolve_profile
@@ -46,6 +47,7 @@ _INPUTS, _OUTPUTS, _REFERENCE = "inputs.npy", "outputs.npy", "reference.json"
 # fixed 1 MiB threshold maps and unmaps them instead (L14 fp32: 2.47 GiB peak every run, against
 # 2.57 or 2.83 GiB by the run's thread timing).
 _ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(2**20)}
+_FULL_DISK_BYTES = 64 * 2**20  # less free than this after a failed write: the disk filled up
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,7 @@ def _make_ir(reference: Reference, precision: str, profile: Profile, path: Path,
         manifest_file = scratch / artifacts.manifest_path(path).name
         artifacts.write_json(manifest_file, manifest)  # parity reads the artifact's precision from it
         held = rss_mb()
-        job = {"job": "ir", "xml": path.name, "precision": precision, "threshold": profile.threshold(precision)}
+        job = {"job": "ir", "destination": str(path), "precision": precision, "threshold": profile.threshold(precision)}
         ir_peak = run_worker(WORKER, job, scratch, "the IR conversion", progress, env=_ALLOCATOR)
         row = ParityRow.model_validate_json((scratch / PARITY).read_text())
         model_files = [scratch / path.name, (scratch / path.name).with_suffix(".bin")]
@@ -189,14 +191,15 @@ def _make_ir(reference: Reference, precision: str, profile: Profile, path: Path,
     return PrecisionResult(path, manifest, row)
 
 
-def convert(onnx_path: Path, xml: Path, compress_to_fp16: bool) -> None:
+def convert(onnx_path: Path, xml: Path, compress_to_fp16: bool, destination: Path) -> None:
     """ONNX to IR as OpenVINO's converter makes it: its common (MOC) transformations, and every weight's
     Q/DQ pair folded into int8 constants (a quarter of the fp32 file). The steps are called one by one
     because `ov.convert_model` forks the process once per usage-telemetry event (21 per call here): a
     copy of an exporting process that may hold gigabytes.
 
     A bf16 IR keeps its float weights in fp16 (half the file; fp16 holds 3 more mantissa bits than the
-    bf16 the CPU computes in); fp32 and int8 keep theirs in fp32.
+    bf16 the CPU computes in); fp32 and int8 keep theirs in fp32. `destination`: where the IR will go
+    (`xml` is its staged file), for messages.
     """
     import openvino as ov
     from openvino._offline_transformations import apply_moc_transformations, compress_quantize_weights_transformation
@@ -209,7 +212,12 @@ def convert(onnx_path: Path, xml: Path, compress_to_fp16: bool) -> None:
                           "ops need openvino>=2026.4") from None
     apply_moc_transformations(model, cf=False, smart_reshape=True)
     compress_quantize_weights_transformation(model)
-    ov.save_model(model, xml, compress_to_fp16=compress_to_fp16)
+    try:
+        ov.save_model(model, xml, compress_to_fp16=compress_to_fp16)
+    except RuntimeError as exc:  # a full disk shows only as "basic_ios::clear: iostream error"
+        if shutil.disk_usage(xml.parent).free < _FULL_DISK_BYTES:
+            raise artifacts.disk_full(destination) from None
+        raise PeExportError(f"OpenVINO could not write {xml.name}: {str(exc).strip().splitlines()[-1]}") from None
 
 
 def ir_key(onnx_path: Path, precision: str, profile: Profile) -> dict:

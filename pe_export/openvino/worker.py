@@ -22,7 +22,8 @@ from pe_export.variants import get_variant
 
 def _reference_job(job: dict) -> None:
     from pe_export.model import load_source  # torch: only in this job
-    from pe_export.precision.quantize import precision_onnx
+    from pe_export.onnx.export import export_unless_reusable
+    from pe_export.precision.quantize import export_options, precision_onnx
 
     source = ModelSource(**job["source"])
     variant = get_variant(source.variant)
@@ -30,15 +31,18 @@ def _reference_job(job: dict) -> None:
     precision = job["precision"]
     report_progress("loading weights")
     loaded = load_source(source)
+    if export_unless_reusable(loaded, export_options(profile), report_progress):  # it freed the weights
+        report_progress("loading weights again")
+        loaded = load_source(source)
     onnx_path = precision_onnx(loaded, source_precision(precision), profile, report_progress)
     torch_reference(loaded, onnx_path, ir_path(variant, profile, precision), report_progress).save(Path(job["work"]))
 
 
 def _ir_job(job: dict) -> None:
-    work = Path(job["work"])
-    reference, xml, precision = Reference.load(work), work / job["xml"], job["precision"]
+    work, destination = Path(job["work"]), Path(job["destination"])
+    reference, xml, precision = Reference.load(work), work / destination.name, job["precision"]
     report_progress(f"converting {reference.onnx_path.name} to OpenVINO IR")
-    convert(reference.onnx_path, xml, compress_to_fp16=precision == "bf16")
+    convert(reference.onnx_path, xml, compress_to_fp16=precision == "bf16", destination=destination)
     release_memory()
     report_progress(f"proving {precision} parity on OpenVINO")
     # one image at a time: the compiled model holds 1.8x the fp32 weights already

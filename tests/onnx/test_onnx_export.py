@@ -266,3 +266,16 @@ def test_nodes_are_named_after_their_modules(exports):
     # no machine-specific metadata (stack traces with local paths) in the artifact
     model = onnx.load(str(exports[(SPATIAL, "trt11")].path), load_external_data=False)
     assert not any(node.metadata_props for node in model.graph.node)
+
+
+def test_export_unless_reusable_frees_the_weights_only_when_it_exports(tmp_path, monkeypatch):
+    """The OpenVINO export's torch worker exports a missing ONNX from weights it then loads again."""
+    monkeypatch.chdir(tmp_path)
+    loaded = load_model(SPATIAL, random_init=True)
+    assert export_module.export_unless_reusable(loaded, ExportOptions(target="ort")) is True
+    assert all(p.numel() == 0 for p in loaded.model.parameters())  # onnxruntime's copy replaced them
+    again = load_model(SPATIAL, random_init=True)
+    kept = sum(p.numel() for p in again.model.parameters())
+    assert export_module.export_unless_reusable(again, ExportOptions(target="ort")) is False
+    assert sum(p.numel() for p in again.model.parameters()) == kept > 0
+    assert (tmp_path / "artifacts" / SPATIAL / f"{SPATIAL}.ort.onnx").is_file()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pe_export.errors import CheckFailed, Unavailable, UsageError
+from pe_export.errors import CheckFailed, PeExportError, Unavailable, UsageError
 from pe_export.model import load_model
 from pe_export.onnx.export import ExportOptions, export_onnx
-from pe_export.openvino.ir import ensure_ir, ir_path
+from pe_export.openvino.ir import convert, ensure_ir, ir_path
 from pe_export.precision.profiles import Profile
 from pe_export.runners import BACKENDS, default_backend, open_runner
 from pe_export.runners import openvino as ov_runner
@@ -157,3 +157,25 @@ def test_a_missed_threshold_writes_nothing_and_keeps_the_previous_ir(spatial, pr
         ensure_ir(spatial, "int8", strict)
     assert {p.name: p.read_bytes() for p in (path, _bin(made["int8"]))} == before
     assert not list(path.parent.glob("*.partial"))
+
+
+@pytest.mark.parametrize("free_mib, message", [
+    (1, r"disk full while writing out/m\.xml \(0\.0 GiB free\); free space or use -o elsewhere"),
+    (10_000, r"OpenVINO could not write m\.xml: basic_ios::clear: iostream error"),
+])
+def test_a_failed_ir_write_is_one_line_saying_why(made, tmp_path, monkeypatch, free_mib, message):
+    """OpenVINO reports a full disk as an iostream error: the free space on the disk tells them apart."""
+    import collections
+    import shutil
+
+    import openvino
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("Exception from src/core/src/pass/serialize.cpp:1:\nbasic_ios::clear: iostream error")
+
+    monkeypatch.setattr(openvino, "save_model", fail)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**40, 2**40, free_mib * 2**20))
+    source = Path(made["fp32"].manifest["source_onnx"]["path"])
+    with pytest.raises(PeExportError, match=f"^{message}$"):
+        convert(source, tmp_path / "m.xml", compress_to_fp16=False, destination=Path("out/m.xml"))
