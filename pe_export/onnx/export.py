@@ -225,15 +225,15 @@ def ensure_onnx(
     return export_onnx(loaded, options, path, progress)
 
 
-def export_unless_reusable(loaded: LoadedModel, options: ExportOptions = ExportOptions(),
-                           progress: Callable[[str], None] = lambda step: None) -> bool:
-    """Export the fp32 ONNX for these weights and options unless a matching one is there. An export
-    frees the weights before onnxruntime loads its copy (L14: 2.0 GiB peak instead of 3.1), so when
-    this returns True the caller must load them again."""
+def ensure_onnx_freeing(loaded: LoadedModel, options: ExportOptions = ExportOptions(),
+                        progress: Callable[[str], None] = lambda step: None) -> tuple[ExportResult, bool]:
+    """`ensure_onnx` for a caller that can load the weights again: an export frees them before
+    onnxruntime loads its copy (L14: 2.0 GiB peak instead of 3.1). Returns the ONNX and whether the
+    weights were freed (then the caller must load them again)."""
     path, manifest = _reusable(loaded, options, None, progress)
-    if manifest is None:
-        _export(lambda: loaded, options, path, progress, owns_weights=True)
-    return manifest is None
+    if manifest is not None:
+        return ExportResult(path, artifacts.manifest_path(path), manifest), False
+    return _export(lambda: loaded, options, path, progress, owns_weights=True), True
 
 
 def _reusable(loaded: LoadedModel, options: ExportOptions, output: Path | None,

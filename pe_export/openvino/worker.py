@@ -22,7 +22,7 @@ from pe_export.variants import get_variant
 
 def _reference_job(job: dict) -> None:
     from pe_export.model import load_source  # torch: only in this job
-    from pe_export.onnx.export import export_unless_reusable
+    from pe_export.onnx.export import ensure_onnx_freeing
     from pe_export.precision.quantize import export_options, precision_onnx
 
     source = ModelSource(**job["source"])
@@ -31,10 +31,12 @@ def _reference_job(job: dict) -> None:
     precision = job["precision"]
     report_progress("loading weights")
     loaded = load_source(source)
-    if export_unless_reusable(loaded, export_options(profile), report_progress):  # it freed the weights
+    fp32, freed = ensure_onnx_freeing(loaded, export_options(profile), report_progress)
+    if freed:
         report_progress("loading weights again")
         loaded = load_source(source)
-    onnx_path = precision_onnx(loaded, source_precision(precision), profile, report_progress)
+    onnx_path = fp32.path if source_precision(precision) == "fp32" else precision_onnx(loaded, precision, profile,
+                                                                                       report_progress)
     torch_reference(loaded, onnx_path, ir_path(variant, profile, precision), report_progress).save(Path(job["work"]))
 
 

@@ -268,14 +268,15 @@ def test_nodes_are_named_after_their_modules(exports):
     assert not any(node.metadata_props for node in model.graph.node)
 
 
-def test_export_unless_reusable_frees_the_weights_only_when_it_exports(tmp_path, monkeypatch):
+def test_ensure_onnx_freeing_frees_the_weights_only_when_it_exports(tmp_path, monkeypatch):
     """The OpenVINO export's torch worker exports a missing ONNX from weights it then loads again."""
     monkeypatch.chdir(tmp_path)
     loaded = load_model(SPATIAL, random_init=True)
-    assert export_module.export_unless_reusable(loaded, ExportOptions(target="ort")) is True
-    assert all(p.numel() == 0 for p in loaded.model.parameters())  # onnxruntime's copy replaced them
+    made, freed = export_module.ensure_onnx_freeing(loaded, ExportOptions(target="ort"))
+    assert freed is True and all(p.numel() == 0 for p in loaded.model.parameters())  # onnxruntime's copy replaced them
     again = load_model(SPATIAL, random_init=True)
     kept = sum(p.numel() for p in again.model.parameters())
-    assert export_module.export_unless_reusable(again, ExportOptions(target="ort")) is False
-    assert sum(p.numel() for p in again.model.parameters()) == kept > 0
-    assert (tmp_path / "artifacts" / SPATIAL / f"{SPATIAL}.ort.onnx").is_file()
+    reused, freed = export_module.ensure_onnx_freeing(again, ExportOptions(target="ort"))
+    assert freed is False and sum(p.numel() for p in again.model.parameters()) == kept > 0
+    assert reused.path == made.path == Path("artifacts") / SPATIAL / f"{SPATIAL}.ort.onnx" and made.path.is_file()
+    assert reused.manifest == made.manifest
