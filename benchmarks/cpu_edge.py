@@ -31,7 +31,7 @@ from pe_export.model import load_model
 from pe_export.model.head import OutputHead
 from pe_export.openvino.ir import ir_path
 from pe_export.precision.profiles import cpu_profile, find_profile
-from pe_export.precision.quantize import precision_onnx
+from pe_export.pipeline import Plan
 from pe_export.report import LatencyRow
 from pe_export.runners import BACKENDS, Runner, open_runner
 from pe_export.runners.device import cpu_name
@@ -62,7 +62,8 @@ def main() -> None:
     variant = loaded.variant
     profile = find_profile(args.profile) if args.profile else cpu_profile(variant.name)
     print(f"{variant.name} on {cpu_name()}, profile {profile.name}", flush=True)
-    onnx = {p: precision_onnx(loaded, p, profile, progress=_say) for p in ("fp32", "int8")}
+    plan = Plan.of(loaded, profile, _say)
+    onnx = {p: plan.precision(p).path for p in ("fp32", "int8")}
     costs = {p: _ir_cost(args, variant, profile, p) for p in ("fp32", "bf16", "int8") if BACKENDS["openvino"].runs(p)}
 
     head = OutputHead(loaded.model, variant.default_output).eval()

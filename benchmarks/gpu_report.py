@@ -24,7 +24,8 @@ from pe_export.precision.profiles import resolve_profile
 from pe_export.precisions import PRECISIONS
 from pe_export.report import to_markdown
 from pe_export.runners.tensorrt_env import current_gpu
-from pe_export.trt.engine import engine_for_batches, gpu_cannot_run
+from pe_export.pipeline import Plan
+from pe_export.trt.engine import covering_settings, gpu_cannot_run
 
 
 def main() -> None:
@@ -55,7 +56,8 @@ def main() -> None:
                 print(f"skipping {precision}: {problem}")
             else:
                 precisions.append(precision)
-        engines = [engine_for_batches(loaded, p, chosen, batches, progress=print).path for p in precisions]
+        plan = Plan.of(loaded, chosen, print)
+        engines = [plan.engine(p, covering_settings(chosen, p, batches)).path for p in precisions]
         parity = run_parity(loaded, engines, synthetic=8, thresholds={p: chosen.threshold(p) for p in precisions})
         parity.write(args.out / "parity.json", args.out / "parity.md")
         print(to_markdown(parity))

@@ -31,10 +31,11 @@ from measured import run_measured  # beside this script
 from pe_export.bench.latency import wall_ms
 from pe_export.model import load_model
 from pe_export.model.stress import save_stressed
-from pe_export.onnx.export import INPUT_NAME, ExportOptions, ensure_onnx
+from pe_export.onnx.export import INPUT_NAME
+from pe_export.pipeline import Plan
 from pe_export.precision import convert
 from pe_export.precision.calibration import load_calibration
-from pe_export.precision.profiles import load_profile
+from pe_export.precision.profiles import cpu_profile, load_profile
 from pe_export.precision.sensitivity import site_macs
 from pe_export.report import summarize
 from pe_export.runners.onnxruntime import OrtRunner
@@ -141,7 +142,7 @@ def _latency(variant: str, weights: Path | None, args, alpha: float, ranking: li
     in high precision, timed round-robin."""
     loaded = load_model(variant, weights, random_init=weights is None)
     profile = load_profile(_profile(folder, variant, args, "int8", {"smoothing": alpha}))
-    fp32 = ensure_onnx(loaded, ExportOptions(target="ort"), folder / "latency.fp32.onnx").path
+    fp32 = Plan.of(loaded, cpu_profile(loaded.variant.name), root=folder / "latency").fp32().path
     calibration = load_calibration("synthetic", args.samples, loaded.variant.image_size)
     external = fp32.with_name(fp32.name + ".data").exists()
     with tempfile.TemporaryDirectory(dir=folder) as work:

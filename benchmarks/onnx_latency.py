@@ -28,7 +28,9 @@ from onnx import TensorProto, helper, numpy_helper
 from pe_export.bench.latency import wall_ms
 from pe_export.report import summarize
 from pe_export.model import load_model
-from pe_export.onnx.export import ExportOptions, ensure_onnx, export_input
+from pe_export.onnx.export import export_input
+from pe_export.pipeline import Plan
+from pe_export.precision.profiles import ExportSection, Profile
 from pe_export.runners.onnxruntime import OrtRunner
 from pe_export.versions import versions
 
@@ -56,11 +58,11 @@ def main() -> None:
     runners = {}
     nodes = {}
     for label, options in LOWERINGS.items():
-        path = args.out / f"{loaded.variant.name}.{label.split(',')[0].replace(' ', '-')}-{options.get('attention', options.get('target'))}.onnx"
-        result = ensure_onnx(loaded, ExportOptions(**options), path)  # reused while its manifest matches
+        profile = Profile(name=label, variant=loaded.variant.name, export=ExportSection(**options))
+        result = Plan.of(loaded, profile, root=args.out).fp32()  # reused while its manifest matches
         runners[label] = OrtRunner(result.path, threads=args.threads)
-        nodes[label] = result.manifest["nodes"]
-        print(f"exported {label}: {nodes[label]} nodes, {result.manifest['export_seconds']} s", flush=True)
+        nodes[label] = result.manifest.nodes
+        print(f"exported {label}: {nodes[label]} nodes, {result.manifest.export_seconds} s", flush=True)
 
     x = export_input(loaded.variant, args.batch)
     x_np = x.numpy()

@@ -23,11 +23,11 @@ import threading
 import time
 from pathlib import Path
 
-from pe_export import artifacts
+from pe_export.manifests import read_manifest
 from pe_export.memory import release_memory
-from pe_export.model import load_model
+from pe_export.source import ModelSource
 from pe_export.precision.profiles import cpu_profile, find_profile
-from pe_export.precision.quantize import precision_onnx
+from pe_export.pipeline import Plan
 from pe_export.runners import open_runner
 from pe_export.serving.loadtest import request_batch, run_level, served_model
 from pe_export.serving.repository import ServingOptions
@@ -56,7 +56,7 @@ def main() -> None:
 
     variant = get_variant(args.variant)
     artifact = args.artifact or _artifact(variant.name, args.precision, args.profile)
-    weights = sum(f["bytes"] for f in (artifacts.read_manifest(artifact) or {})["files"].values())
+    weights = read_manifest(artifact).file_bytes()
     args.max_batch = args.max_batch or args.concurrency
     direct = _direct_ips(artifact, variant.name, args.max_batch, args.seconds)
     served, peak_rss = _served(artifact, args)
@@ -79,9 +79,9 @@ def _artifact(variant: str, precision: str, profile_name: str | None) -> Path:
     """The artifact, made or reused; the torch weights are freed before anything is timed."""
     name = profile_name or DEFAULT_PROFILES.get(variant)
     profile = find_profile(name) if name else cpu_profile(variant)
-    loaded = load_model(variant, random_init=True)
-    path = precision_onnx(loaded, precision, profile, progress=lambda step: print(f"  {step}", flush=True))
-    del loaded
+    plan = Plan(ModelSource(variant, random_init=True), profile, lambda step: print(f"  {step}", flush=True))
+    path = plan.precision(precision).path
+    del plan
     release_memory()
     return path
 

@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pe_export.errors import PeExportError, UsageError
+from pe_export.errors import ToolFailed, UsageError
+from pe_export.manifests import FileDigest, Manifest, ManifestProblem, identity, manifest_path, parse
 
 log = logging.getLogger("pe_export")
 ROOT = Path("artifacts")  # where artifacts go unless a path is given, below the working directory
@@ -68,10 +69,10 @@ def staging(path: Path) -> Iterator[Path]:
                 empty.rmdir()
 
 
-def disk_full(path: Path) -> PeExportError:
+def disk_full(path: Path) -> ToolFailed:
     """The error for a write to `path` that ran out of disk space."""
     free = shutil.disk_usage(path.parent).free / 2**30
-    return PeExportError(f"disk full while writing {path} ({free:.1f} GiB free); free space or use -o elsewhere")
+    return ToolFailed(f"disk full while writing {path} ({free:.1f} GiB free); free space or use -o elsewhere")
 
 
 def remove_dead_staging(folder: Path) -> None:
@@ -107,50 +108,50 @@ def publish(staged: list[Path], destination: Path) -> None:
     os.replace(main, destination)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+class Digests:
+    """The sha256 of files, each read once in this object's life (one command's plan).
+
+    Keyed by the file's device, inode, size and modification time, so a second look at an unchanged
+    file, a hard link to it, or a staged file after its rename into place costs nothing; a write to a
+    file moves its modification time and so its key (pe-export never rewrites a file within the clock
+    tick it hashed it in). `hashed_bytes` counts the bytes read.
+    """
+
+    def __init__(self, known: dict[str, str] | None = None):
+        self._known: dict[tuple[int, ...], str] = {tuple(json.loads(k)): v for k, v in (known or {}).items()}
+        self.hashed_bytes = 0
+
+    def sha256(self, path: Path) -> str:
+        stat = path.stat()
+        stamp = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if stamp not in self._known:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 24), b""):
+                    digest.update(chunk)
+            self._known[stamp] = digest.hexdigest()
+            self.hashed_bytes += stat.st_size
+        return self._known[stamp]
+
+    def files(self, paths: list[Path], root: Path | None = None) -> dict[str, FileDigest]:
+        """Size and sha256 of each file, keyed by name (its path below `root`, if given): what a manifest
+        pins its artifact to."""
+        return {(p.relative_to(root).as_posix() if root else p.name): FileDigest(bytes=p.stat().st_size,
+                                                                                  sha256=self.sha256(p))
+                for p in paths}
+
+    def known(self) -> dict[str, str]:
+        """What this object has computed, as JSON for a worker process to start from."""
+        return {json.dumps(stamp): sha for stamp, sha in self._known.items()}
 
 
-def file_digests(paths: list[Path]) -> dict[str, dict]:
-    """Size and sha256 of each file, keyed by name: what a manifest pins its artifact to."""
-    return {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in paths}
-
-
-def load_manifest(artifact: Path) -> dict | None:
-    """The artifact's manifest for a reuse decision: None when absent or unreadable (then it is rebuilt)."""
-    path = manifest_path(artifact)
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def read_manifest(artifact: Path) -> dict | None:
-    """The artifact's manifest for reading what it holds: None when there is none, an error when it is corrupt."""
-    path = manifest_path(artifact)
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read the manifest {path}: {exc}; delete it and make the artifact again") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path} is not a pe-export manifest; delete it and make the artifact again")
-    return data
-
-
-def files_match(artifact: Path, manifest: dict) -> bool:
+def files_match(artifact: Path, manifest: Manifest, digests: Digests) -> bool:
     """True when every file the manifest lists is beside the artifact with its recorded size and hash."""
-    files = manifest.get("files") or {}
-    if artifact.name not in files:
+    if artifact.name not in manifest.files:
         return False
-    for name, expected in files.items():
+    for name, expected in manifest.files.items():
         path = artifact.parent / name
-        if not path.is_file() or path.stat().st_size != expected["bytes"] or file_sha256(path) != expected["sha256"]:
+        if not path.is_file() or path.stat().st_size != expected.bytes or digests.sha256(path) != expected.sha256:
             return False
     return True
 
@@ -165,42 +166,52 @@ def flat_key(data: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def reusable(path: Path, key: dict) -> tuple[dict | None, str]:
+def reusable(path: Path, key: dict, digests: Digests) -> tuple[Manifest | None, str]:
     """Whether the artifact at `path` was made from exactly `key`: (its manifest, why) when it was,
     (None, why not) when it must be made again.
 
-    `key` is everything the artifact depends on (weights, options, source files' hashes, versions);
-    every stage records it in its manifest as "key" and decides reuse with this one comparison. An
-    artifact whose files changed since its manifest was written is refused, never silently remade.
+    `key` is everything the artifact depends on (weights, options, its upstream's identity, versions);
+    every stage records it in its manifest and decides reuse with this one comparison. A manifest of
+    an older pe-export (no identity) is never reused. An artifact whose files changed since its
+    manifest was written is refused, never silently remade.
     """
-    manifest = load_manifest(path)
-    if manifest is None:
+    recorded_at = manifest_path(path)
+    if not recorded_at.is_file():
         return None, NOTHING_TO_REUSE
-    recorded = flat_key(manifest.get("key") or {})
+    try:
+        manifest = parse(recorded_at)
+    except ManifestProblem as exc:
+        return None, str(exc)
+    recorded = flat_key(manifest.key)
     wanted = flat_key(json.loads(json.dumps(key)))  # the form a manifest stores (tuples as lists)
     changed = [name for name in dict.fromkeys([*wanted, *recorded]) if wanted.get(name) != recorded.get(name)]
     if changed:
         return None, f"{', '.join(changed[:4])}{' and more' if len(changed) > 4 else ''} changed"
-    if not files_match(path, manifest):
+    if not files_match(path, manifest, digests):
         raise UsageError(f"{path} no longer matches its manifest (changed or incomplete since it was made); "
                          "delete it and its manifest to make it again")
+    if identity(manifest.key, manifest.files) != manifest.identity:
+        return None, "its recorded identity is not that of its key and files"
     return manifest, "same key"
 
 
-def reuse(path: Path, key: dict, progress: Callable[[str], None], remake: str = "making") -> dict | None:
+def reuse(path: Path, key: dict, digests: Digests, progress: Callable[[str], None],
+          remake: str = "making") -> Manifest | None:
     """`reusable`, said as each stage says it: "reused PATH (same key)" with the manifest returned, else
     None and "<remake> PATH again: why" (nothing said when there was nothing to reuse)."""
-    manifest, why = reusable(path, key)
-    if manifest is not None:
+    manifest, why = reusable(path, key, digests)
+    say_reuse(path, manifest is not None, why, progress, remake)
+    return manifest
+
+
+def say_reuse(path: Path, reused: bool, why: str, progress: Callable[[str], None], remake: str = "making") -> None:
+    if reused:
         progress(f"reused {path} ({why})")
     elif why != NOTHING_TO_REUSE:
         progress(f"{remake} {path} again: {why}")
-    return manifest
 
 
 def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def manifest_path(artifact: Path) -> Path:
-    return artifact.with_name(artifact.name + ".json")

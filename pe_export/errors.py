@@ -1,8 +1,10 @@
 """Every error a user can act on, with the exit code the CLI returns for it.
 
-Exit codes: 1 a missed parity threshold or a failed check, 2 bad input (usage, files, profiles),
-3 something the machine lacks (TensorRT, a GPU, an optional extra). The CLI prints the message
-as one line; `--debug` shows the traceback instead.
+Exit codes: 1 a missed parity threshold or a failed check, 2 bad input (usage, files, profiles,
+manifests), 3 something the machine lacks (TensorRT, a GPU, an optional extra), 4 a tool or the
+environment failed (a full disk, a worker killed for memory, TensorRT unable to parse or build, a
+Triton server that stopped). The CLI prints the message as one line; `--debug` shows the traceback
+instead. Any other exception is a bug in pe-export and shows its traceback.
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ class CheckpointError(UsageError):
 
 class BadReport(UsageError, ValueError):
     """A report file that is not a pe-export report (also a ValueError, as the Python API always raised)."""
+
+
+class ToolFailed(PeExportError):
+    """A tool or the environment failed under a valid request (disk, memory, TensorRT, OpenVINO, Triton):
+    nothing was written; the message says what to look at."""
+
+    exit_code = 4
 
 
 class Unavailable(PeExportError):

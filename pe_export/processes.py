@@ -74,10 +74,10 @@ def _worker_error(work: Path, what: str, code: int) -> errors.PeExportError:
         kind = getattr(errors, error["kind"], errors.PeExportError)
         return kind(error["message"])
     if code < 0:  # a signal: SIGKILL most often means the system ran out of memory
-        return errors.PeExportError(f"{what} failed: its worker process was killed by {signal.Signals(-code).name}"
+        return errors.ToolFailed(f"{what} failed: its worker process was killed by {signal.Signals(-code).name}"
                                     f"{' (out of memory?)' if code == -signal.SIGKILL else ''}")
     lines = (work / _STDERR).read_text(errors="replace").strip().splitlines()
-    return errors.PeExportError(f"{what} failed in its worker process (exit {code}): {lines[-1] if lines else 'no message'}")
+    return errors.ToolFailed(f"{what} failed in its worker process (exit {code}): {lines[-1] if lines else 'no message'}")
 
 
 def worker_main(job_function: Callable[[dict], None]) -> None:

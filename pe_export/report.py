@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pe_export.errors import BadReport
+from pe_export.manifests import GraphManifest
 
 SCHEMA_VERSION = 1
 CompareMode = Literal["absolute", "ratio"]  # how a latency report is compared with a baseline
@@ -92,8 +93,14 @@ class PrecisionResult:
     """A precision artifact that passed its gate: its path, its manifest and its parity row."""
 
     path: Path
-    manifest: dict
+    manifest: GraphManifest  # a PrecisionManifest or an IRManifest
     parity: ParityRow
+    reused: bool = False  # found made from the same key, not made by this call
+
+    @classmethod
+    def recorded(cls, path: Path, manifest: GraphManifest) -> "PrecisionResult":
+        """A reused artifact, with the parity row its manifest recorded."""
+        return cls(path, manifest, ParityRow.recorded(manifest.parity), reused=True)  # type: ignore[attr-defined]
 
 
 class Report(BaseModel):

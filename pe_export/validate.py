@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from pe_export import artifacts
+from pe_export.manifests import EngineManifest, GraphManifest, read_manifest
 from pe_export.errors import UsageError
 from pe_export.precisions import get_precision
 from pe_export.report import ParityRow
@@ -153,7 +153,8 @@ def check_artifact(path: Path, variant: Variant) -> None:
         raise UsageError(f"unknown artifact type {path.suffix!r} ({path}); expected {', '.join(ARTIFACT_SUFFIXES)}")
     if not path.is_file():
         raise UsageError(f"artifact not found: {path}")
-    made_for = (artifacts.read_manifest(path) or {}).get("variant", variant.name)
+    manifest = read_manifest(path)
+    made_for = manifest.variant if manifest else variant.name
     if made_for != variant.name:
         raise UsageError(f"{path.name} was made for {made_for}, not {variant.name}; pass --variant {made_for}")
     if path.suffix == ".xml" and not path.with_suffix(".bin").is_file():
@@ -189,12 +190,12 @@ def run_in_chunks(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, ch
     return np.concatenate(outputs)
 
 
-def _chunk(manifest: dict, chunk: int) -> int:
+def _chunk(manifest: GraphManifest | None, chunk: int) -> int:
     """Images per run for an artifact: its static batch, or `chunk` brought inside an engine's batch range."""
-    static = manifest.get("options", {}).get("batch")
+    static = manifest.options.get("batch") if isinstance(manifest, GraphManifest) else None
     if isinstance(static, int):
         return static
-    settings = manifest.get("settings", {})  # engines: the optimization profile's range
+    settings = manifest.settings if isinstance(manifest, EngineManifest) else {}  # the optimization profile's range
     return min(max(chunk, settings.get("batch_min", 1)), settings.get("batch_max", chunk))
 
 
@@ -207,21 +208,23 @@ def reference_outputs(module: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
 
 
 def artifact_parity(path: Path, reference: np.ndarray, inputs: ParityInputs, threshold: float | None = None,
-                    threads: int | None = None, backend: str | None = None, chunk: int = CHUNK) -> ParityRow:
+                    threads: int | None = None, backend: str | None = None, chunk: int = CHUNK,
+                    precision: str | None = None) -> ParityRow:
     """One artifact run on `inputs` (on `backend`, by default the one for its file type), `chunk` images
     at a time unless its batch is static, and scored against the reference outputs for them.
 
-    The gate is the token cosine mean against `threshold` (default: the precision's).
+    The gate is the token cosine mean against `threshold` (default: the precision's). The precision
+    is the manifest's unless given (an artifact whose manifest is not written yet).
     """
-    manifest = artifacts.read_manifest(path) or {}
-    precision = get_precision(manifest.get("precision", "fp32"))
-    threshold = precision.threshold if threshold is None else threshold
+    manifest = read_manifest(path)
+    spec = get_precision(precision or (manifest.precision if manifest else "fp32"))
+    threshold = spec.threshold if threshold is None else threshold
     chosen = BACKENDS[backend] if backend else default_backend(path)
-    if not chosen.runs(precision.name):
-        return ParityRow(artifact=path.name, backend=chosen.name, precision=precision.name, cosine_mean=None,
+    if not chosen.runs(spec.name):
+        return ParityRow(artifact=path.name, backend=chosen.name, precision=spec.name, cosine_mean=None,
                          cosine_min=None, max_abs=None, rel_l2=None, threshold=threshold, passed=None,
-                         note=f"{precision.name} cannot run on {chosen.runtime} {'GPU' if chosen.gpu else 'CPU'}")
-    with open_runner(path, backend=chosen.name, threads=threads) as runner:
+                         note=f"{spec.name} cannot run on {chosen.runtime} {'GPU' if chosen.gpu else 'CPU'}")
+    with open_runner(path, backend=chosen.name, threads=threads, precision=spec.name) as runner:
         candidate = run_in_chunks(runner.run, inputs.batch, _chunk(manifest, chunk))
     if candidate.shape != reference.shape:
         raise UsageError(f"{path.name} gives {candidate.shape}, the torch reference {reference.shape}: is it for this variant?")
@@ -229,7 +232,7 @@ def artifact_parity(path: Path, reference: np.ndarray, inputs: ParityInputs, thr
     ref_pooled, cand_pooled = pooled_features(reference), pooled_features(candidate)
     top1 = retrieval_agreement(ref_pooled, cand_pooled) if inputs.real_images and len(inputs.names) >= 3 else None
     return ParityRow(
-        artifact=path.name, backend=chosen.name, precision=precision.name, cosine_mean=figures.cosine_mean,
+        artifact=path.name, backend=chosen.name, precision=spec.name, cosine_mean=figures.cosine_mean,
         cosine_min=figures.cosine_min, max_abs=figures.max_abs, rel_l2=figures.rel_l2, threshold=threshold,
         passed=figures.cosine_mean >= threshold, pooled_cosine=compare(ref_pooled, cand_pooled).cosine_mean,
         retrieval_top1=top1,

@@ -157,3 +157,15 @@ def get_variant(name: str | Variant) -> Variant:
 
 def _canonical_case(name: str) -> str:
     return next((c for v in VARIANTS for c in (v.name, v.alias) if c and c.lower() == name.lower()), name)
+
+
+def check_output(variant: Variant, output: OutputKind, layer: int, strip_cls: bool) -> None:
+    """Refuse combinations the variant cannot give, naming the flag to change."""
+    if output == "pooled" and not variant.attn_pool:
+        raise UsageError(f"{variant.name} has no attention pooler; use --features tokens")
+    if output == "pooled" and (layer != -1 or strip_cls):
+        raise UsageError("--layer and --strip-cls apply to --features tokens only")
+    if not -variant.layers <= layer < variant.layers:
+        raise UsageError(f"--layer {layer} is out of range for {variant.layers} blocks")
+    if strip_cls and not variant.cls_token:
+        raise UsageError(f"{variant.name} has no class token to strip")

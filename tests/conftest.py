@@ -78,5 +78,7 @@ def forbid_loading(monkeypatch):
             pytest.fail(why)
         monkeypatch.setattr("pe_export.model.factory.load_model", fail)
         monkeypatch.setattr("pe_export.openvino.ir.run_worker", fail)
+        monkeypatch.setattr("pe_export.pipeline.commands.run_worker", fail)
 
     return forbid
+

@@ -206,10 +206,10 @@ def _terminal(monkeypatch, width: int):
 
     from rich.console import Console
 
-    import pe_export.cli as cli
+    import pe_export.cli.output as output  # print_table's console
 
     screen = Console(file=io.StringIO(), force_terminal=True, width=width, color_system=None)
-    monkeypatch.setattr(cli, "console", screen)
+    monkeypatch.setattr(output, "console", screen)
     return screen.file
 
 

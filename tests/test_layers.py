@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pe_export"
 # order, then bench, then the CLI. A part may import parts of its own rank or lower.
 RANKS = {
     "__init__": 0, "errors": 0, "versions": 0, "quiet": 0, "memory": 0, "processes": 0,
-    "precisions": 1, "variants": 1, "artifacts": 1, "source": 1,
+    "precisions": 1, "variants": 1, "artifacts": 1, "manifests": 1, "source": 1, "hub": 1, "images": 1,
     "report": 2,
     "runners": 3,
     "validate": 4,
@@ -23,8 +23,9 @@ RANKS = {
     "precision": 7,
     "trt": 8, "openvino": 8,  # two runtimes' artifacts from the precision ONNX, side by side
     "serving": 9,
-    "bench": 10,
-    "cli": 11,
+    "pipeline": 10,  # one command's chain over the stages, and the commands that ask it for an artifact
+    "bench": 11,
+    "cli": 12,
 }
 
 

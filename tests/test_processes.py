@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from pe_export.errors import CheckpointError, PeExportError
+from pe_export.errors import CheckpointError, PeExportError, ToolFailed
 from pe_export.processes import run_worker
 
 WORKER = textwrap.dedent('''
@@ -66,4 +66,4 @@ def test_a_workers_pe_export_error_is_raised_again_as_the_same_kind(worker):
 def test_any_other_failure_is_one_line_naming_the_job(worker, do, message):
     with pytest.raises(PeExportError) as raised:
         run_worker("fake_worker", {"do": do}, worker, "the test job")
-    assert type(raised.value) is PeExportError and str(raised.value) == message
+    assert type(raised.value) is ToolFailed and raised.value.exit_code == 4 and str(raised.value) == message

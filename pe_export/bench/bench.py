@@ -15,7 +15,7 @@ from pe_export.bench.backends import RunnerOpener, runner_opener
 from pe_export.bench.latency import cuda_event_ms, wall_ms
 from pe_export.errors import Unavailable
 from pe_export.memory import peak_rss_mb, reset_peak_rss
-from pe_export.model import LoadedModel
+from pe_export.model import LoadedModel, ModelSource, load_source
 from pe_export.openvino.ir import source_precision
 from pe_export.precision.convert import require_tools
 from pe_export.precision.profiles import find_profile
@@ -213,6 +213,18 @@ def check_request(settings: BenchSettings) -> None:
             if backend.runtime != "torch" and backend.runs(precision):
                 # OpenVINO's fp32 and bf16 IR both come from the fp32 ONNX
                 require_tools(source_precision(precision) if backend.runtime == "openvino" else precision)
+
+
+def bench_variant(
+    source: ModelSource,
+    settings: BenchSettings,
+    on_row: Callable[[LatencyRow], None] = lambda row: None,
+    progress: Callable[[str], None] = lambda step: None,
+) -> Report:
+    """`pe-export bench`: check the request, load the weights, then every row (see `run_bench`)."""
+    check_request(settings)
+    progress("loading weights")
+    return run_bench(load_source(source), settings, on_row, progress=progress)
 
 
 def run_bench(

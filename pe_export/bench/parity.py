@@ -8,15 +8,17 @@ from pathlib import Path
 import numpy as np
 
 from pe_export import artifacts as artifact_files
+from pe_export.manifests import GraphManifest, manifest_path, read_manifest
 from pe_export.errors import UsageError
-from pe_export.model import LoadedModel
+from pe_export.model import LoadedModel, ModelSource, load_source
 from pe_export.model.head import OutputHead
-from pe_export.model.preprocess import IMAGE_SUFFIXES, preprocess_batch
+from pe_export.images import IMAGE_SUFFIXES
+from pe_export.model.preprocess import preprocess_batch
 from pe_export.report import ParityRow, Report, make_report
 from pe_export.runners import ARTIFACT_SUFFIXES, Backend, default_backend, get_backends
 from pe_export.runners.device import cpu_name
 from pe_export.validate import ParityInputs, artifact_parity, check_artifact, reference_outputs, synthetic_inputs
-from pe_export.variants import Variant
+from pe_export.variants import Variant, get_variant
 from pe_export.versions import versions
 
 
@@ -46,11 +48,11 @@ def parity_rows(
     reference is computed once per output the artifacts carry."""
     references: dict[tuple, np.ndarray] = {}
     for path, backend in artifact_backends(paths, backends):
-        manifest = artifact_files.read_manifest(path) or {}
-        head = OutputHead.for_options(loaded.model, manifest.get("options", {}))
+        manifest = read_manifest(path)
+        head = OutputHead.for_options(loaded.model, manifest.options if isinstance(manifest, GraphManifest) else {})
         if head.key not in references:
             references[head.key] = reference_outputs(head.eval(), inputs.batch)
-        threshold = (thresholds or {}).get(manifest.get("precision", "fp32"))
+        threshold = (thresholds or {}).get(manifest.precision if manifest else "fp32")
         row = artifact_parity(path, references[head.key], inputs, threshold, threads, backend.name)
         on_row(row)
         yield row
@@ -89,10 +91,32 @@ def default_artifacts(variant_name: str, root: Path = artifact_files.ROOT) -> li
     """Every artifact with a manifest under artifacts/<variant>/."""
     folder = root / variant_name
     found = sorted(p for p in folder.glob("*")
-                   if p.suffix in ARTIFACT_SUFFIXES and artifact_files.manifest_path(p).is_file())
+                   if p.suffix in ARTIFACT_SUFFIXES and manifest_path(p).is_file())
     if not found:
         raise UsageError(f"no artifacts given and none under {folder}; export one with `pe-export onnx` or name files")
     return found
+
+
+def parity_variant(
+    source: ModelSource,
+    artifacts: Sequence[Path] = (),
+    backends: Sequence[str] = (),
+    images: Path | None = None,
+    synthetic: int = 8,
+    threads: int | None = None,
+    on_row: Callable[[ParityRow], None] = lambda row: None,
+    progress: Callable[[str], None] = lambda step: None,
+    on_total: Callable[[int], None] = lambda rows: None,
+) -> Report:
+    """`pe-export parity`: backends, inputs and artifacts checked before the weights load (`on_total`
+    hears how many rows will come), then `run_parity`."""
+    variant = get_variant(source.variant)
+    paths = list(artifacts) or default_artifacts(variant.name)
+    on_total(len(artifact_backends(paths, backends)))
+    inputs = parity_inputs(variant, images, synthetic)
+    paths = artifacts_to_score(variant, paths)
+    progress("loading weights")
+    return run_parity(load_source(source), paths, threads=threads, on_row=on_row, inputs=inputs, backends=backends)
 
 
 def run_parity(

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from pe_export.artifacts import file_sha256
+from pe_export.artifacts import Digests
 from pe_export.model.checkpoint import check_keys, read_checkpoint
-from pe_export.model.hub import resolve_checkpoint
+from pe_export.hub import resolve_checkpoint
 from pe_export.model.pe import PEVisionTower
 from pe_export.source import ModelSource, WeightSource
 from pe_export.variants import Variant, get_variant
@@ -60,12 +60,13 @@ def load_model(
     random_init: bool = False,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    digests: Digests | None = None,
 ) -> LoadedModel:
     """The eval-mode model of a variant with its weights.
 
     `checkpoint` is a local file or `hf://owner/repo/file`; `None` takes the variant's hub file
     (`facebook/<name>`). `random_init` gives deterministic random weights from `seed` instead.
-    Weights stored in another float type are cast to `dtype`.
+    Weights stored in another float type are cast to `dtype`. `digests` hashes the checkpoint (once per plan).
     """
     variant = get_variant(variant)
     if random_init:
@@ -78,9 +79,10 @@ def load_model(
     model = build_model(variant, "meta")
     # assign=True adopts the loaded tensors instead of copying them into freshly allocated ones.
     model.load_state_dict(state, strict=True, assign=True)
-    return LoadedModel(variant, model.eval(), WeightSource(path, file_sha256(path), None))
+    return LoadedModel(variant, model.eval(), WeightSource(path, (digests or Digests()).sha256(path), None))
 
 
-def load_source(source: ModelSource) -> LoadedModel:
+def load_source(source: ModelSource, digests: Digests | None = None) -> LoadedModel:
     """The eval-mode fp32 model with the weights `source` names."""
-    return load_model(source.variant, source.checkpoint, random_init=source.random_init, seed=source.seed)
+    return load_model(source.variant, source.checkpoint, random_init=source.random_init, seed=source.seed,
+                      digests=digests)

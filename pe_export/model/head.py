@@ -5,21 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from pe_export.errors import UsageError
 from pe_export.model.pe import PEVisionTower
-from pe_export.variants import OutputKind, Variant
-
-
-def check_output(variant: Variant, output: OutputKind, layer: int, strip_cls: bool) -> None:
-    """Refuse combinations the variant cannot give, naming the flag to change."""
-    if output == "pooled" and not variant.attn_pool:
-        raise UsageError(f"{variant.name} has no attention pooler; use --features tokens")
-    if output == "pooled" and (layer != -1 or strip_cls):
-        raise UsageError("--layer and --strip-cls apply to --features tokens only")
-    if not -variant.layers <= layer < variant.layers:
-        raise UsageError(f"--layer {layer} is out of range for {variant.layers} blocks")
-    if strip_cls and not variant.cls_token:
-        raise UsageError(f"{variant.name} has no class token to strip")
+from pe_export.variants import OutputKind, check_output
 
 
 class OutputHead(torch.nn.Module):

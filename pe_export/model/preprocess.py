@@ -16,7 +16,6 @@ ImageLike = Union[str, Path, Image.Image, np.ndarray]
 Interpolation = Literal["bilinear", "bicubic"]
 MEAN = 0.5
 STD = 0.5
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 

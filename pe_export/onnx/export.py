@@ -5,129 +5,31 @@ from __future__ import annotations
 import collections
 import resource
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import onnx
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from pe_export import artifacts
+from pe_export.artifacts import Digests
 from pe_export.errors import CheckFailed, UsageError
+from pe_export.manifests import ExportManifest, Weights, manifest_path, seal, write_manifest
 from pe_export.memory import free_weights, release_memory
 from pe_export.model import LoadedModel, ModelSource, load_source
-from pe_export.model.head import OutputHead, check_output
+from pe_export.model.head import OutputHead
 from pe_export.onnx import passes
-from pe_export.onnx.lowering import FUSED_MIN_OPSET, translation_table
-from pe_export.onnx.targets import DEFAULT_TARGET, Lowering, Target, get_target
+from pe_export.onnx.lowering import translation_table
+from pe_export.onnx.spec import (EXPORTER_OPSET, EXTERNAL_DATA_BYTES, INPUT_NAME, ExportOptions, ExportResult,
+                                 ResolvedExport, default_output_path, export_key, resolve)
 from pe_export.quiet import quiet
 from pe_export.runners.onnxruntime import OrtRunner
 from pe_export.validate import EXPORT_SEED, compare, seeded_batch
-from pe_export.variants import OutputKind, Variant, get_variant
+from pe_export.variants import Variant, get_variant
 from pe_export.versions import versions
 
-INPUT_NAME = "pixel_values"
-MIN_OPSET = 17
-EXPORTER_OPSET = 18  # torch's exporter builds at 18 and up; lower opsets are converted after our passes
-# Past this, weights are streamed to `<file>.onnx.data` beside the graph. Protobuf caps a single
-# file at 2 GB, and a single-file save holds two extra copies of the weights in memory (the proto
-# and its serialized bytes): for L14 that is 4.8 GB peak instead of 1.5 GB.
-EXTERNAL_DATA_BYTES = 512 * 2**20
-
-
-class ExportOptions(BaseModel):
-    """What the user asks for; `None` means the target's (or the variant's) default."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    target: str = DEFAULT_TARGET
-    opset: Optional[int] = None
-    rope: Optional[Lowering] = None
-    attention: Optional[Lowering] = None
-    batch: Optional[int] = Field(None, ge=1, description="static batch size; None exports a dynamic batch")
-    output: Optional[OutputKind] = None
-    layer: int = -1
-    strip_cls: bool = False
-    simplify: bool = False
-    min_cosine: float = 0.99999
-    max_abs: float = 1e-4
-
-
-@dataclass(frozen=True)
-class ResolvedExport:
-    """Every choice made concrete for one variant; what the manifest records."""
-
-    target: Target
-    opset: int
-    rope: Lowering
-    attention: Lowering
-    batch: int | None
-    output: OutputKind
-    layer: int
-    strip_cls: bool
-    simplify: bool
-    min_cosine: float
-    max_abs: float
-
-    @property
-    def output_name(self) -> str:
-        return self.output
-
-    def as_dict(self) -> dict:
-        return {
-            "target": self.target.name, "opset": self.opset, "rope": self.rope, "attention": self.attention,
-            "batch": self.batch if self.batch else "dynamic", "output": self.output, "layer": self.layer,
-            "strip_cls": self.strip_cls, "simplify": self.simplify,
-            "parity_threshold": {"min_cosine": self.min_cosine, "max_abs": self.max_abs},
-        }
-
-    def file_stem(self, variant_name: str) -> str:
-        """`<variant>.<target>` plus a tag for each choice that departs from the target's defaults."""
-        t = self.target
-        tags = [
-            f"op{self.opset}" if self.opset != t.opset else "",
-            f"rope-{self.rope}" if self.rope != t.rope else "",
-            f"attn-{self.attention}" if self.attention != t.attention else "",
-            self.output if self.output != "tokens" else "",
-            f"layer{self.layer}" if self.layer != -1 else "",
-            "nocls" if self.strip_cls else "",
-            f"b{self.batch}" if self.batch else "",
-        ]
-        return ".".join([variant_name, t.name, *filter(None, tags)])
-
-
-def resolve(options: ExportOptions, variant: Variant) -> ResolvedExport:
-    target = get_target(options.target)
-    rope = options.rope or target.rope
-    attention = options.attention or target.attention
-    opset = options.opset or target.opset
-    fused = [f"--{name} fused" for name, mode in (("rope", rope), ("attention", attention)) if mode == "fused"]
-    if opset < MIN_OPSET:
-        raise UsageError(f"opset {opset} is below the lowest supported ({MIN_OPSET})")
-    if fused and opset < FUSED_MIN_OPSET:
-        raise UsageError(
-            f"{' and '.join(fused)} needs opset {FUSED_MIN_OPSET} or higher, not {opset}; "
-            "use --rope decomposed --attention decomposed, or --opset 23"
-        )
-    output = options.output or variant.default_output
-    check_output(variant, output, options.layer, options.strip_cls)
-    return ResolvedExport(
-        target, opset, rope, attention, options.batch, output, options.layer, options.strip_cls,
-        options.simplify, options.min_cosine, options.max_abs,
-    )
-
-
-@dataclass(frozen=True)
-class ExportResult:
-    path: Path
-    manifest_path: Path
-    manifest: dict
-
-
-def default_output_path(variant: Variant, spec: ResolvedExport, root: Path = artifacts.ROOT) -> Path:
-    return root / variant.name / f"{spec.file_stem(variant.name)}.onnx"
+__all__ = ["EXTERNAL_DATA_BYTES", "INPUT_NAME", "ExportOptions", "ExportResult", "export_onnx", "export_variant"]
 
 
 def export_input(variant: Variant, batch: int) -> torch.Tensor:
@@ -147,14 +49,9 @@ def export_variant(
     spec = resolve(options, variant)
     path = Path(output) if output else default_output_path(variant, spec)
     artifacts.prepare_destination(path)
-    # The weights are loaded inside the export, so it holds the only reference and can free them
-    # before onnxruntime loads its own copy (a model passed in as an argument stays alive until the
-    # call returns).
-    def load() -> LoadedModel:
-        progress("loading weights")
-        return load_source(source)
-
-    return _export(load, options, path, progress, owns_weights=True)
+    progress("loading weights")
+    # handed over as the only reference, so that the export frees them before onnxruntime loads its copy
+    return export_onnx(load_source(source), options, path, progress, owns_weights=True)
 
 
 def export_onnx(
@@ -162,21 +59,19 @@ def export_onnx(
     options: ExportOptions = ExportOptions(),
     output: Path | None = None,
     progress: Callable[[str], None] = lambda step: None,
+    digests: Digests | None = None,
+    owns_weights: bool = False,
 ) -> ExportResult:
     """Export, check, prove and write `output` (default under artifacts/<variant>/) with its manifest.
 
     The file only appears at `output` once the full ONNX check and the onnxruntime parity run
-    against the torch model have passed; otherwise the previous file (or nothing) stays.
+    against the torch model have passed; otherwise the previous file (or nothing) stays. With
+    `owns_weights` the caller hands its weights over: they are freed (unusable afterwards) before
+    onnxruntime loads its own copy (L14: 2.0 GiB peak instead of 3.1).
     """
-    return _export(lambda: loaded, options, output, progress, owns_weights=False)
-
-
-def _export(load: Callable[[], LoadedModel], options: ExportOptions, output: Path | None,
-            progress: Callable[[str], None], owns_weights: bool) -> ExportResult:
-    loaded = load()
+    digests = digests or Digests()
     variant, source = loaded.variant, loaded.source
     spec = resolve(options, variant)
-    key = export_key(loaded, spec)
     path = Path(output) if output else default_output_path(variant, spec)
     artifacts.prepare_destination(path)
     if any(p.dtype != torch.float32 for p in loaded.model.parameters()):
@@ -189,7 +84,7 @@ def _export(load: Callable[[], LoadedModel], options: ExportOptions, output: Pat
         staged = scratch / path.name
         progress(f"tracing {variant.name} and writing ONNX (opset {spec.opset})")
         external = _save_onnx(head, variant, spec, staged)
-        if owns_weights:  # export_variant, the CLI: onnxruntime's copy replaces the torch weights
+        if owns_weights:
             free_weights(head)
         del head, loaded
         release_memory()
@@ -202,51 +97,13 @@ def _export(load: Callable[[], LoadedModel], options: ExportOptions, output: Pat
         figures = _prove(references, spec, staged)
         graph = onnx.load(str(staged), load_external_data=False)
         model_files = [staged, *([scratch / f"{path.name}.data"] if external else [])]
-        manifest = _manifest(variant, source, spec, graph, figures, simplified, external, time.perf_counter() - start)
-        manifest["key"] = key
-        manifest["files"] = artifacts.file_digests(model_files)
-        manifest_file = scratch / artifacts.manifest_path(path).name
-        artifacts.write_json(manifest_file, manifest)
+        fields = _manifest(variant, source, spec, graph, figures, simplified, external, time.perf_counter() - start)
+        manifest = ExportManifest(**seal(fields, export_key(variant, source, spec), digests.files(model_files)))
+        manifest_file = scratch / manifest_path(path).name
+        write_manifest(manifest_file, manifest)
         # companions (external data, manifest) move first, so a model file never lacks them
         artifacts.publish([*model_files, manifest_file], path)
-    return ExportResult(path, artifacts.manifest_path(path), manifest)
-
-
-def ensure_onnx(
-    loaded: LoadedModel,
-    options: ExportOptions = ExportOptions(),
-    output: Path | None = None,
-    progress: Callable[[str], None] = lambda step: None,
-) -> ExportResult:
-    """The fp32 ONNX for these weights and options: reused when its manifest matches, else exported."""
-    path, manifest = _reusable(loaded, options, output, progress)
-    if manifest is not None:
-        return ExportResult(path, artifacts.manifest_path(path), manifest)
-    return export_onnx(loaded, options, path, progress)
-
-
-def ensure_onnx_freeing(loaded: LoadedModel, options: ExportOptions = ExportOptions(),
-                        progress: Callable[[str], None] = lambda step: None) -> tuple[ExportResult, bool]:
-    """`ensure_onnx` for a caller that can load the weights again: an export frees them before
-    onnxruntime loads its copy (L14: 2.0 GiB peak instead of 3.1). Returns the ONNX and whether the
-    weights were freed (then the caller must load them again)."""
-    path, manifest = _reusable(loaded, options, None, progress)
-    if manifest is not None:
-        return ExportResult(path, artifacts.manifest_path(path), manifest), False
-    return _export(lambda: loaded, options, path, progress, owns_weights=True), True
-
-
-def _reusable(loaded: LoadedModel, options: ExportOptions, output: Path | None,
-              progress: Callable[[str], None]) -> tuple[Path, dict | None]:
-    spec = resolve(options, loaded.variant)
-    path = Path(output) if output else default_output_path(loaded.variant, spec)
-    return path, artifacts.reuse(path, export_key(loaded, spec), progress, remake="exporting")
-
-
-def export_key(loaded: LoadedModel, spec: ResolvedExport) -> dict:
-    """Everything an export depends on: the weights and every option."""
-    return {"kind": "onnx", "variant": loaded.variant.name,
-            "weights": {"sha256": loaded.source.sha256, "seed": loaded.source.seed}, "options": spec.as_dict()}
+    return ExportResult(path, manifest)
 
 
 def _references(head: OutputHead, variant: Variant, spec: ResolvedExport) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -326,10 +183,8 @@ def _manifest(variant, source, spec, graph, figures, simplified, external, secon
         f"{node.domain}::{node.op_type}" if node.domain else node.op_type for node in graph.graph.node
     )
     return {
-        "kind": "onnx",
         "variant": variant.name,
-        "precision": "fp32",
-        "weights": source.as_dict(),
+        "weights": Weights(**source.as_dict()),
         "options": spec.as_dict(),
         "opset": {imp.domain or "ai.onnx": imp.version for imp in graph.opset_import},
         "nodes": len(graph.graph.node),

@@ -15,10 +15,7 @@ from onnxscript import opset17 as op17
 from onnxscript import opset23 as op23
 
 import pe_export.model.rope  # noqa: F401 - registers torch.ops.pe_export.rotary
-from pe_export.errors import PeExportError
 from pe_export.onnx.targets import Lowering
-
-FUSED_MIN_OPSET = 23
 
 
 def rotary_fused(x, cos, sin):
@@ -71,7 +68,7 @@ def _scale(query, scale: float | None) -> float:
 def _refuse_unsupported(attn_mask, dropout_p, is_causal, enable_gqa) -> None:
     # PE attention is unmasked, bidirectional and full-headed; anything else is a bug upstream.
     if attn_mask is not None or dropout_p or is_causal or enable_gqa:
-        raise PeExportError("PE attention has no mask, dropout, causal mode or grouped heads; "
+        raise RuntimeError("PE attention has no mask, dropout, causal mode or grouped heads; "
                             "this model is not one pe-export can lower")
 
 

@@ -8,7 +8,6 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from pe_export.errors import PeExportError
 
 
 def trim_attention_outputs(model: ir.Model) -> None:
@@ -37,7 +36,7 @@ def step_down_opset(model: ir.Model, opset: int) -> None:
         if node.op_type == "Split":
             _split_sizes_as_input(model, node)
         else:
-            raise PeExportError(f"{node.op_type} ({node.name}) changed in opset {since}; it cannot be labelled opset {opset}")
+            raise RuntimeError(f"{node.op_type} ({node.name}) changed in opset {since}; it cannot be labelled opset {opset}")
     model.opset_imports[""] = opset
 
 
@@ -46,7 +45,7 @@ def _split_sizes_as_input(model: ir.Model, node: ir.Node) -> None:
     axis = node.attributes["axis"].as_int() if "axis" in node.attributes else 0
     dim = node.inputs[0].shape[axis] if node.inputs[0].shape is not None else None
     if not isinstance(dim, int) or dim % count:
-        raise PeExportError(f"cannot give Split {node.name} explicit sizes: axis {axis} has size {dim}")
+        raise RuntimeError(f"cannot give Split {node.name} explicit sizes: axis {axis} has size {dim}")
     sizes = ir.Value(name=f"{node.name}/sizes", const_value=ir.tensor([dim // count] * count, dtype=ir.DataType.INT64))
     sizes.shape, sizes.type = ir.Shape([count]), ir.TensorType(ir.DataType.INT64)
     model.graph.register_initializer(sizes)

@@ -12,6 +12,8 @@ from typing import Literal
 
 from pe_export.errors import UsageError
 
+FUSED_MIN_OPSET = 23  # RotaryEmbedding and Attention are ONNX ops from opset 23
+
 Lowering = Literal["fused", "decomposed"]
 
 

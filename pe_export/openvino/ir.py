@@ -1,12 +1,11 @@
-"""`pe-export openvino`: an OpenVINO IR (.xml/.bin) of the fp32 or int8 Q/DQ ONNX (made or reused
-through the earlier stages), proven on OpenVINO against torch fp32 before it takes its name.
+"""OpenVINO IR (.xml/.bin) of the fp32 or int8 Q/DQ ONNX, proven on OpenVINO against torch fp32 before it
+takes its name.
 
-The work runs in worker processes (`pe_export.openvino.worker`), one after the other, so that what
-one holds is given back before the next starts: the torch half (weights, the ONNX, torch fp32's
-outputs on the parity inputs), then OpenVINO's (conversion and parity). The process that runs
-`openvino_variant` never imports torch; it only checks the request, passes the reference from one
-worker to the next and publishes the IR. The export's peak is therefore OpenVINO's own: an fp32 IR's
-compiled model holds the IR's constants beside the CPU plugin's repacked weights.
+The conversion and its proof run in a worker process (`pe_export.openvino.worker`), so that what
+OpenVINO holds goes back to the system when it ends; it never imports torch. The torch fp32 outputs
+it is proven against come in a `Reference`, computed where the weights are (in this process, or in a
+torch worker of the command). The export's peak is therefore OpenVINO's own: an fp32 IR's compiled
+model holds the IR's constants beside the CPU plugin's repacked weights.
 """
 
 from __future__ import annotations
@@ -17,22 +16,22 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Union
 
 import numpy as np
 
 from pe_export import artifacts
-from pe_export.errors import CheckFailed, PeExportError, Unavailable
+from pe_export.artifacts import Digests
+from pe_export.errors import CheckFailed, ToolFailed, Unavailable
+from pe_export.manifests import IRManifest, ProfileRef, Upstream, Weights, manifest_path, seal, write_manifest
 from pe_export.memory import rss_mb
-from pe_export.precision.convert import require_tools
-from pe_export.precision.profiles import Profile, cpu_profile, resolve_profile
+from pe_export.onnx.spec import ExportResult
+from pe_export.precision.profiles import Profile
 from pe_export.precisions import get_precision
 from pe_export.processes import run_worker
 from pe_export.report import ParityRow, PrecisionResult
-from pe_export.runners.openvino import inference_precision, require_precision
-from pe_export.source import ModelSource
+from pe_export.runners.openvino import inference_precision
 from pe_export.validate import ParityInputs
-from pe_export.variants import Variant, get_variant
 from pe_export.versions import versions
 
 if TYPE_CHECKING:
@@ -40,6 +39,7 @@ if TYPE_CHECKING:
 
 Progress = Callable[[str], None]
 WORKER = "pe_export.openvino.worker"
+SourceOnnx = Union[ExportResult, PrecisionResult]  # the ONNX an IR is converted from
 PARITY = "parity.json"  # the IR worker's parity row
 _INPUTS, _OUTPUTS, _REFERENCE = "inputs.npy", "outputs.npy", "reference.json"
 # The IR worker's allocator: glibc raises its mmap threshold as large blocks are freed, after which
@@ -52,30 +52,37 @@ _FULL_DISK_BYTES = 64 * 2**20  # less free than this after a failed write: the d
 
 @dataclass(frozen=True)
 class Reference:
-    """What the torch side hands the IR: the ONNX to convert, the IR's default path, and torch fp32's
-    outputs on the parity inputs, with where the weights came from."""
+    """What an IR is made from: the ONNX to convert (where it is, what it is, its output options and
+    its graph's inputs and outputs), where the weights came from, and torch fp32's outputs on the
+    parity inputs."""
 
     variant: str
-    onnx_path: Path
-    ir_path: Path  # beside the profile's fp32 ONNX
+    source: Upstream
+    options: dict
+    tensors: dict  # {"inputs": [...], "outputs": [...]} as the ONNX manifest records them
     inputs: ParityInputs
     outputs: np.ndarray
     weights: dict
     device: str  # the CPU, as reports name it
 
+    @property
+    def onnx_path(self) -> Path:
+        return Path(self.source.path)
+
     def save(self, folder: Path) -> None:
         np.save(folder / _INPUTS, self.inputs.batch)
         np.save(folder / _OUTPUTS, self.outputs)
         (folder / _REFERENCE).write_text(json.dumps({
-            "variant": self.variant, "onnx_path": str(self.onnx_path), "ir_path": str(self.ir_path),
+            "variant": self.variant, "source": self.source.model_dump(), "options": self.options,
+            "tensors": self.tensors,
             "names": self.inputs.names, "weights": self.weights, "device": self.device}))
 
     @classmethod
     def load(cls, folder: Path) -> "Reference":
         fields = json.loads((folder / _REFERENCE).read_text())
         inputs = ParityInputs(np.load(folder / _INPUTS), fields.pop("names"), real_images=False)
-        return cls(**{**fields, "onnx_path": Path(fields["onnx_path"]), "ir_path": Path(fields["ir_path"])},
-                   inputs=inputs, outputs=np.load(folder / _OUTPUTS))
+        return cls(**{**fields, "source": Upstream(**fields["source"])}, inputs=inputs,
+                   outputs=np.load(folder / _OUTPUTS))
 
 
 def source_precision(precision: str) -> str:
@@ -84,104 +91,48 @@ def source_precision(precision: str) -> str:
     return precision if get_precision(precision).calibrated else "fp32"
 
 
-def ir_path(variant: Variant, profile: Profile, precision: str) -> Path:
+def ir_path(fp32: Path, precision: str) -> Path:
     """Beside the profile's fp32 ONNX: `<variant>.<target>.<precision>.xml`."""
-    from pe_export.onnx.export import default_output_path, resolve
-    from pe_export.precision.quantize import export_options
-
-    fp32 = default_output_path(variant, resolve(export_options(profile), variant))
     return fp32.with_name(f"{fp32.stem}.{precision}.xml")
 
 
-def request_profile(variant: Variant, profile: str | Path | None, calib: str | None, samples: int | None) -> Profile:
-    """The profile a request names (default: the variant's CPU profile), with its calibration overrides."""
-    chosen = resolve_profile(profile, variant) if profile else cpu_profile(variant.name)
-    return chosen.with_calibration(calib, samples)
-
-
-def openvino_variant(
-    source: ModelSource,
-    precision: str | None = None,
-    *,
-    profile: str | Path | None = None,
-    calib: str | None = None,
-    samples: int | None = None,
-    output: Path | None = None,
-    progress: Progress = lambda step: None,
-) -> PrecisionResult:
-    """Check the request, then let one worker load the weights and make the ONNX and the torch reference,
-    and the next make the IR (default precision: the one the profile deploys on OpenVINO, else fp32)."""
-    started = time.perf_counter()
-    variant = get_variant(source.variant)
-    chosen = request_profile(variant, profile, calib, samples)
-    precision = precision or chosen.deployed_precision("openvino") or "fp32"
-    require_precision(precision)
-    chosen.require(precision)
-    require_tools(source_precision(precision))
-    chosen.require_real_calibration(source_precision(precision), not source.random_init, calib)
-    if output:
-        artifacts.prepare_destination(Path(output))
-    # the reference is staged where the IR goes (by default the variant's artifacts folder), so that a
-    # killed run's is removed by the next run there, like any unfinished artifact
-    with artifacts.staging(Path(output) if output else artifacts.ROOT / variant.name / "reference") as work:
-        held = rss_mb()
-        job = {"job": "reference", "source": source.as_job(), "precision": precision,
-               "profile": str(profile) if profile else None, "calib": calib, "samples": samples}
-        torch_peak = run_worker(WORKER, job, work, "the torch reference", progress)
-        reference = Reference.load(work)
-    return _make_ir(reference, precision, chosen, Path(output) if output else reference.ir_path, progress, started,
-                    earlier_peak_mb=held + torch_peak)
-
-
-def torch_reference(loaded: LoadedModel, onnx_path: Path, ir_path: Path, progress: Progress) -> Reference:
-    """torch fp32's outputs on the parity inputs, for the IR converted from `onnx_path`."""
+def torch_reference(loaded: LoadedModel, onnx: SourceOnnx, progress: Progress) -> Reference:
+    """torch fp32's outputs on the parity inputs, for the IR converted from `onnx`."""
     from pe_export.model.head import OutputHead
     from pe_export.precision.quantize import PARITY_SAMPLES
     from pe_export.runners.device import cpu_name
     from pe_export.validate import reference_outputs, synthetic_inputs
 
     progress("computing torch fp32 reference outputs")
-    options = artifacts.read_manifest(onnx_path)["options"]
     inputs = synthetic_inputs(loaded.variant, PARITY_SAMPLES)
-    outputs = reference_outputs(OutputHead.for_options(loaded.model, options).eval(), inputs.batch)
-    return Reference(loaded.variant.name, onnx_path, ir_path, inputs, outputs, loaded.source.as_dict(), cpu_name())
+    outputs = reference_outputs(OutputHead.for_options(loaded.model, onnx.manifest.options).eval(), inputs.batch)
+    tensors = onnx.manifest.model_dump(mode="json", include={"inputs", "outputs"})
+    return Reference(loaded.variant.name, Upstream(path=str(onnx.path), identity=onnx.manifest.identity),
+                     onnx.manifest.options, tensors, inputs, outputs, loaded.source.as_dict(), cpu_name())
 
 
-def ensure_ir(loaded: LoadedModel, precision: str, profile: Profile, progress: Progress = lambda step: None) -> PrecisionResult:
-    """The IR of a precision for this profile, from weights loaded in this process: reused when its key
-    matches (same source ONNX, inference precision, threshold and OpenVINO), else made, saying why."""
-    from pe_export.precision.quantize import precision_onnx
-
-    require_precision(precision)
-    started = time.perf_counter()
-    onnx_path = precision_onnx(loaded, source_precision(precision), profile, progress=progress)
-    path = ir_path(loaded.variant, profile, precision)
-    manifest = artifacts.reuse(path, ir_key(onnx_path, precision, profile), progress)
-    if manifest is not None:
-        return PrecisionResult(path, manifest, ParityRow.recorded(manifest["parity"]))
-    return _make_ir(torch_reference(loaded, onnx_path, path, progress), precision, profile, path, progress, started)
-
-
-def _make_ir(reference: Reference, precision: str, profile: Profile, path: Path, progress: Progress,
-             started: float, earlier_peak_mb: float = 0.0) -> PrecisionResult:
+def make_ir(reference: Reference, precision: str, profile: Profile, path: Path, progress: Progress, started: float,
+            digests: Digests | None = None, earlier_peak_mb: float = 0.0) -> PrecisionResult:
     """Convert and prove the IR in a worker (OpenVINO's memory goes back to the system when it ends),
     then publish it. `earlier_peak_mb`: the most this process and an earlier worker held together."""
     artifacts.prepare_destination(path)
-    manifest = _manifest(reference, precision, profile)
+    fields = _manifest(reference, precision, profile)
+    key = ir_key(reference.source.identity, precision, profile)
+    digests = digests or Digests()
     with artifacts.staging(path) as scratch:
         reference.save(scratch)
-        manifest_file = scratch / artifacts.manifest_path(path).name
-        artifacts.write_json(manifest_file, manifest)  # parity reads the artifact's precision from it
         held = rss_mb()
         job = {"job": "ir", "destination": str(path), "precision": precision, "threshold": profile.threshold(precision)}
         ir_peak = run_worker(WORKER, job, scratch, "the IR conversion", progress, env=_ALLOCATOR)
         row = ParityRow.model_validate_json((scratch / PARITY).read_text())
         model_files = [scratch / path.name, (scratch / path.name).with_suffix(".bin")]
         own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        manifest.update(parity={**row.model_dump(), "inputs": "synthetic, seed 1 (apart from calibration)"},
-                        seconds=round(time.perf_counter() - started, 1), files=artifacts.file_digests(model_files),
-                        peak_rss_mb=round(max(own_peak, earlier_peak_mb, held + ir_peak), 1))
-        artifacts.write_json(manifest_file, manifest)
+        fields.update(parity={**row.model_dump(), "inputs": "synthetic, seed 1 (apart from calibration)"},
+                      seconds=round(time.perf_counter() - started, 1),
+                      peak_rss_mb=round(max(own_peak, earlier_peak_mb, held + ir_peak), 1))
+        manifest = IRManifest(**seal(fields, key, digests.files(model_files)))
+        manifest_file = scratch / manifest_path(path).name
+        write_manifest(manifest_file, manifest)
         if row.passed is False:
             raise CheckFailed(
                 f"the {precision} IR misses its parity threshold on OpenVINO: token cosine mean {row.cosine_mean:.5f} "
@@ -217,32 +168,27 @@ def convert(onnx_path: Path, xml: Path, compress_to_fp16: bool, destination: Pat
     except RuntimeError as exc:  # a full disk shows only as "basic_ios::clear: iostream error"
         if shutil.disk_usage(xml.parent).free < _FULL_DISK_BYTES:
             raise artifacts.disk_full(destination) from None
-        raise PeExportError(f"OpenVINO could not write {xml.name}: {str(exc).strip().splitlines()[-1]}") from None
+        raise ToolFailed(f"OpenVINO could not write {xml.name}: {str(exc).strip().splitlines()[-1]}") from None
 
 
-def ir_key(onnx_path: Path, precision: str, profile: Profile) -> dict:
-    """Everything an IR depends on: its source ONNX, the precision it computes in, its threshold and OpenVINO."""
-    return {"source_onnx": _sha256(onnx_path), "precision": precision,
+def ir_key(source_identity: str, precision: str, profile: Profile) -> dict:
+    """Everything an IR depends on: its source ONNX's identity, the precision it computes in, its
+    threshold and OpenVINO."""
+    return {"source_onnx": source_identity, "precision": precision,
             "inference_precision": inference_precision(precision), "threshold": profile.threshold(precision),
             "openvino": versions(("openvino",))["openvino"]}
 
 
-def _sha256(onnx_path: Path) -> str:
-    return artifacts.read_manifest(onnx_path)["files"][onnx_path.name]["sha256"]
-
-
 def _manifest(reference: Reference, precision: str, profile: Profile) -> dict:
-    onnx_path = reference.onnx_path
     return {
-        "kind": "openvino-ir",
         "variant": reference.variant,
         "precision": precision,
         "inference_precision": inference_precision(precision),
         "device": reference.device,  # where the parity below was proven
-        "weights": reference.weights,
-        "options": artifacts.read_manifest(onnx_path)["options"],
-        "source_onnx": {"path": str(onnx_path), "sha256": _sha256(onnx_path)},
-        "profile": {"name": profile.name, "path": str(profile.path) if profile.path else None},
+        "weights": Weights(**reference.weights),
+        "options": reference.options,
+        **reference.tensors,
+        "source_onnx": reference.source,
+        "profile": ProfileRef(name=profile.name, path=str(profile.path) if profile.path else None),
         "versions": versions(("pe-export", "torch", "onnx", "openvino")),
-        "key": ir_key(onnx_path, precision, profile),
     }

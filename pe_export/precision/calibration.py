@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import glob
 import hashlib
-import random
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from pe_export.errors import UsageError
-from pe_export.model.preprocess import IMAGE_SUFFIXES, preprocess
+from pe_export.images import IMAGE_SUFFIXES, image_files
+from pe_export.model.preprocess import preprocess
 from pe_export.precision.profiles import SYNTHETIC
+from pe_export.precision.spec import calibration_order
 
 
 @dataclass(frozen=True)
@@ -30,30 +29,6 @@ class CalibrationSet:
                 "bytes": self.bytes}
 
 
-def image_files(source: str) -> list[Path]:
-    """Images in a folder (recursively) or matching a glob, in a stable order."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        candidates = path.rglob("*")
-    elif any(ch in source for ch in "*?["):
-        candidates = (Path(p) for p in glob.glob(str(path), recursive=True))
-    else:
-        raise UsageError(f"calibration source {source!r} is neither a folder, a glob nor 'synthetic'")
-    return sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def images_fingerprint(source: str) -> str:
-    """A hash of every image the source offers (names and bytes), read without decoding them: what
-    decides whether an artifact calibrated on this source can be reused."""
-    if source == SYNTHETIC:
-        return SYNTHETIC
-    digest = hashlib.sha256()
-    for path in image_files(source):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 def load_calibration(source: str, samples: int, size: int, seed: int = 0, allow_fewer: bool = False) -> CalibrationSet:
     """`samples` inputs of `size` x `size` from `source`; fewer usable images than asked is an error unless allowed."""
     if source == SYNTHETIC:
@@ -63,10 +38,9 @@ def load_calibration(source: str, samples: int, size: int, seed: int = 0, allow_
     files = image_files(source)
     if not files:
         raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in calibration source {source!r}")
-    random.Random(seed).shuffle(files)
     images, used, skipped = [], [], []
     digest, hashed = hashlib.sha256(), 0
-    for path in files:
+    for path in calibration_order(files, seed):
         if len(images) == samples:
             break
         try:

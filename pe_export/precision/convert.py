@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from pe_export.errors import PeExportError, require_extra
+from pe_export.errors import UsageError, require_extra
 from pe_export.precision import qdq, smooth
 from pe_export.precision.calibrate import Ranges, activation_ranges
 from pe_export.precision.profiles import ROPE_NODES, CalibrationSection, MixedSection, QuantSection
@@ -94,7 +94,7 @@ def calibrate(source: Path, precision: str, section: QuantSection, calibration: 
     graph = onnx.load(str(source), load_external_data=False).graph
     sites = qdq.plan(graph, section)
     if not sites:
-        raise PeExportError(f"no node is left to quantize to {precision}: check the profile's op_types and exclude")
+        raise UsageError(f"no node is left to quantize to {precision}: check the profile's op_types and exclude")
     pairs = smooth.pairs(graph, sites) if section.smoothing is not None else []
     weight_max = {p.tensor: smooth.weight_row_max(graph, p, source.parent) for p in pairs}
     ranges = activation_ranges(source, calibration, settings.batch_size, calibration_method(precision, settings.method),

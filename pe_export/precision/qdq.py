@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from pe_export.errors import PeExportError
+from pe_export.errors import ToolFailed
 from pe_export.precision.profiles import QuantSection
 
 QUANT_TYPES = {"int8": TensorProto.INT8, "fp8": TensorProto.FLOAT8E4M3FN}
@@ -81,7 +81,7 @@ def insert_qdq(model: onnx.ModelProto, sites: list[Site], amax: dict[str, float]
     graph = model.graph
     missing = [t for t in activations(sites) if t not in amax]
     if missing:
-        raise PeExportError(f"calibration gave no range for {len(missing)} tensors, e.g. {missing[0]}; "
+        raise ToolFailed(f"calibration gave no range for {len(missing)} tensors, e.g. {missing[0]}; "
                             "the fp32 ONNX lacks their type information (export it again with pe-export onnx)")
     weights = {init.name: init for init in graph.initializer}
     pairs: dict[str, list[onnx.NodeProto]] = {}  # tensor -> its Q and DQ nodes

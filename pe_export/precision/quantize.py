@@ -9,20 +9,22 @@ from pathlib import Path
 from typing import Callable
 
 from pe_export import artifacts
-from pe_export.errors import CheckFailed, UsageError
+from pe_export.artifacts import Digests
+from pe_export.errors import CheckFailed
+from pe_export.manifests import PrecisionManifest, ProfileRef, Upstream, manifest_path, seal, write_manifest
 from pe_export.memory import peak_rss_mb, release_memory
-from pe_export.model import LoadedModel, ModelSource, load_source
+from pe_export.model import LoadedModel
 from pe_export.model.head import OutputHead
-from pe_export.onnx.export import EXTERNAL_DATA_BYTES, INPUT_NAME, ExportOptions, ExportResult, ensure_onnx
+from pe_export.onnx.spec import EXTERNAL_DATA_BYTES, INPUT_NAME, ExportResult
 from pe_export.precision import convert, sensitivity
 from pe_export.precision.calibrate import calibration_provider
-from pe_export.precision.calibration import CalibrationSet, images_fingerprint, load_calibration
-from pe_export.precision.profiles import Profile, resolve_profile
+from pe_export.precision.calibration import CalibrationSet, load_calibration
+from pe_export.precision.profiles import Profile
 from pe_export.precision.sensitivity import Emulator, Mode, SensitivityReport
+from pe_export.precision.spec import precision_key, precision_path
 from pe_export.precisions import get_precision
 from pe_export.report import ParityRow, PrecisionResult
 from pe_export.validate import ParityInputs, artifact_parity, reference_outputs, synthetic_inputs
-from pe_export.variants import get_variant
 from pe_export.versions import versions
 
 PARITY_SAMPLES = 4
@@ -33,115 +35,30 @@ PREDICTED_PER_STEP = 4  # fallback candidates (1, 2, ... sites kept) emulated pe
 Progress = Callable[[str], None]
 
 
-def export_options(profile: Profile) -> ExportOptions:
-    e = profile.export
-    return ExportOptions(target=e.target, opset=e.opset, rope=e.rope, attention=e.attention, output=e.output)
-
-
-def precision_path(fp32: Path, precision: str) -> Path:
-    return fp32.with_name(f"{fp32.stem}.{precision}.onnx")
-
-
-def resolve_request(source: ModelSource, precision: str, profile: str | Path | None, calib: str | None,
-                    samples: int | None) -> Profile:
-    """The profile a command runs with, refused before any work when it cannot make `precision`."""
-    chosen = resolve_profile(profile, get_variant(source.variant)).with_calibration(calib, samples)
-    chosen.require(precision)
-    convert.require_tools(precision)
-    chosen.require_real_calibration(precision, not source.random_init, calib)
-    return chosen
-
-
-def quantize_variant(
-    source: ModelSource,
-    precision: str,
-    *,
-    profile: str | Path | None = None,
-    calib: str | None = None,
-    samples: int | None = None,
-    output: Path | None = None,
-    auto_exclude: bool = False,
-    progress: Progress = lambda step: None,
-) -> PrecisionResult:
-    """Check the request, read the calibration set, load weights, then make and prove the artifact."""
-    spec = get_precision(precision)
-    if spec.kind == "reference":
-        raise UsageError("fp32 is the export itself: make it with `pe-export onnx`; quantize makes fp16, bf16, int8 or fp8")
-    if auto_exclude and not spec.calibrated:
-        raise UsageError(f"--auto-exclude chooses Q/DQ sites to keep in high precision; {precision} has none (int8 and fp8 do)")
-    chosen = resolve_request(source, precision, profile, calib, samples)
-    if auto_exclude:
-        chosen = chosen.with_auto_exclude(precision)
-    variant = get_variant(source.variant)
-    calibration = None
-    if spec.calibrated:
-        progress("reading calibration images")
-        calibration = read_calibration(chosen, variant.image_size)
-    if output:
-        artifacts.prepare_destination(Path(output))
-    progress("loading weights")
-    loaded = load_source(source)
-    return make_precision(loaded, precision, chosen, calibration, output, progress)
-
-
 def read_calibration(profile: Profile, size: int) -> CalibrationSet:
     c = profile.calibration
     return load_calibration(c.source, c.samples, size, c.seed, c.allow_fewer)
 
 
-def precision_onnx(loaded: LoadedModel, precision: str, profile: Profile, progress: Progress = lambda s: None) -> Path:
-    """The ONNX file of any precision (fp32 included) for this profile, made or reused."""
-    if get_precision(precision).kind == "reference":
-        return ensure_onnx(loaded, export_options(profile), progress=progress).path
-    return ensure_precision(loaded, precision, profile, progress=progress).path
-
-
-def precision_key(fp32: ExportResult, precision: str, profile: Profile) -> dict:
-    """Everything a precision variant depends on: its source ONNX, calibration settings and images,
-    quantization settings and parity threshold."""
-    calibrated = get_precision(precision).calibrated
-    return {
-        "precision": precision,
-        "source_onnx": fp32.manifest["files"][fp32.path.name]["sha256"],
-        "calibration": profile.calibration.model_dump() if calibrated else None,
-        "calibration_images": images_fingerprint(profile.calibration.source) if calibrated else None,
-        "quantization": getattr(profile.quantization, precision).model_dump(),
-        "threshold": profile.threshold(precision),
-    }
-
-
-def ensure_precision(
-    loaded: LoadedModel,
-    precision: str,
-    profile: Profile,
-    output: Path | None = None,
-    progress: Progress = lambda step: None,
-) -> PrecisionResult:
-    """The precision ONNX for this fp32 export and profile: reused when its key matches, else made
-    (calibration images are read only then)."""
-    fp32 = ensure_onnx(loaded, export_options(profile), progress=progress)
-    path = Path(output) if output else precision_path(fp32.path, precision)
-    manifest = artifacts.reuse(path, precision_key(fp32, precision, profile), progress)
-    if manifest is not None:
-        return PrecisionResult(path, manifest, ParityRow.recorded(manifest["parity"]))
-    calibration = read_calibration(profile, loaded.variant.image_size) if get_precision(precision).calibrated else None
-    return make_precision(loaded, precision, profile, calibration, output, progress)
-
-
 def make_precision(
+    fp32: ExportResult,
     loaded: LoadedModel,
     precision: str,
     profile: Profile,
     calibration: CalibrationSet | None,
     output: Path | None = None,
     progress: Progress = lambda step: None,
+    digests: Digests | None = None,
 ) -> PrecisionResult:
+    """Make the precision variant of `fp32` (whose weights `loaded` holds, for the parity reference)
+    and prove it against torch fp32; it takes its name only when it passes."""
     start = time.perf_counter()
-    fp32 = ensure_onnx(loaded, export_options(profile), progress=progress)
+    digests = digests or Digests()
     path = Path(output) if output else precision_path(fp32.path, precision)
     artifacts.prepare_destination(path)
     external = _external(fp32)
     threshold = profile.threshold(precision)
+    key = precision_key(fp32, precision, profile, digests)
     with artifacts.staging(path) as scratch:
         staged = scratch / path.name
         progress(f"making {precision} from {fp32.path.name}")
@@ -153,21 +70,22 @@ def make_precision(
             convert.save_model(convert.quantized_model(calibrated), staged, external)
             release_memory()  # the model's copy in memory goes back before parity loads the artifact
         model_files = [staged, *([scratch / f"{path.name}.data"] if external else [])]
-        manifest = _manifest(loaded, fp32, precision, profile, calibration, calibrated)
-        manifest["key"] = precision_key(fp32, precision, profile)
-        manifest_file = scratch / artifacts.manifest_path(path).name
-        artifacts.write_json(manifest_file, manifest)  # parity reads the artifact's options from it
+        fields = _manifest(loaded, fp32, precision, profile, calibration, calibrated)
+        manifest_file = scratch / manifest_path(path).name
+        # parity reads the artifact's precision and options from its manifest
+        write_manifest(manifest_file, PrecisionManifest(**seal(fields, key, digests.files(model_files))))
         progress(f"proving {precision} parity on onnxruntime CPU")
         inputs = synthetic_inputs(loaded.variant, PARITY_SAMPLES)
-        reference = reference_outputs(OutputHead.for_options(loaded.model, fp32.manifest["options"]).eval(), inputs.batch)
+        reference = reference_outputs(OutputHead.for_options(loaded.model, fp32.manifest.options).eval(), inputs.batch)
         row = artifact_parity(staged, reference, inputs, threshold)
         if row.passed is False and calibrated is not None and getattr(profile.quantization, precision).auto_exclude:
-            manifest["auto_exclude"], row = _auto_exclude(calibrated, staged, external, scratch, inputs, reference,
-                                                          threshold, progress)
-        manifest.update(parity={**row.model_dump(), "inputs": "synthetic, seed 1 (apart from calibration)"},
-                        qdq_nodes=convert.qdq_count(staged), seconds=round(time.perf_counter() - start, 1),
-                        files=artifacts.file_digests(model_files), peak_rss_mb=peak_rss(calibrated))
-        artifacts.write_json(manifest_file, manifest)
+            fields["auto_exclude"], row = _auto_exclude(calibrated, staged, external, scratch, inputs, reference,
+                                                        threshold, progress)
+        fields.update(parity={**row.model_dump(), "inputs": "synthetic, seed 1 (apart from calibration)"},
+                      qdq_nodes=convert.qdq_count(staged), seconds=round(time.perf_counter() - start, 1),
+                      peak_rss_mb=peak_rss(calibrated))
+        manifest = PrecisionManifest(**seal(fields, key, digests.files(model_files)))
+        write_manifest(manifest_file, manifest)
         if row.passed is False:
             # kept for inspection in a folder of its own, under its normal file names (external data
             # references stay valid), never at the path users and later stages read
@@ -177,7 +95,7 @@ def make_precision(
             raise CheckFailed(
                 f"{precision} misses its parity threshold: token cosine mean {row.cosine_mean:.5f} < {row.threshold} "
                 f"(min {row.cosine_min:.5f}, max abs {row.max_abs:.3g}); kept for inspection in {rejected}/, "
-                "not under its normal name" + ("" if "auto_exclude" in manifest else
+                "not under its normal name" + ("" if manifest.auto_exclude else
                                                "; `--auto-exclude` keeps the most sensitive sites in high precision")
             )
         artifacts.publish([*model_files, manifest_file], path)
@@ -185,7 +103,8 @@ def make_precision(
 
 
 def _external(fp32: ExportResult) -> bool:
-    return bool(fp32.manifest["external_data"]) or fp32.path.stat().st_size > EXTERNAL_DATA_BYTES
+    """Whether the variants of this export keep their weights in external data, as it does (or would)."""
+    return fp32.manifest.external_data or fp32.path.stat().st_size > EXTERNAL_DATA_BYTES
 
 
 def _calibrate(fp32: ExportResult, precision: str, profile: Profile, calibration: CalibrationSet, work: Path,
@@ -245,43 +164,26 @@ def _predicted_count(emulator: Emulator, order: list[str], batch, reference, thr
     return len(order)
 
 
-def sensitivity_variant(
-    source: ModelSource,
-    precision: str,
-    *,
-    profile: str | Path | None = None,
-    calib: str | None = None,
-    samples: int | None = None,
-    images: int = RANKING_IMAGES,
-    mode: Mode = "alone",
-    threads: int | None = None,
-    progress: Progress = lambda step: None,
-) -> SensitivityReport:
-    """Rank every site the profile quantizes by the damage it does to the output alone (or the
+def rank_sites(fp32: ExportResult, loaded: LoadedModel, precision: str, profile: Profile,
+               calibration: CalibrationSet, images: int = RANKING_IMAGES, mode: Mode = "alone",
+               threads: int | None = None, progress: Progress = lambda step: None) -> SensitivityReport:
+    """Rank every site the profile quantizes in `fp32` by the damage it does to the output alone (or the
     damage left when it alone stays in high precision), on `images` parity inputs."""
     start = time.perf_counter()
-    if not get_precision(precision).calibrated:
-        raise UsageError(f"sensitivity ranks the Q/DQ sites of int8 and fp8; {precision} has none")
-    chosen = resolve_request(source, precision, profile, calib, samples)
-    variant = get_variant(source.variant)
-    progress("reading calibration images")
-    calibration = read_calibration(chosen, variant.image_size)
-    progress("loading weights")
-    loaded = load_source(source)
-    fp32 = ensure_onnx(loaded, export_options(chosen), progress=progress)
     progress("computing the torch outputs to score against")
-    inputs = synthetic_inputs(variant, images)
-    reference = reference_outputs(OutputHead.for_options(loaded.model, fp32.manifest["options"]).eval(), inputs.batch)
+    inputs = synthetic_inputs(loaded.variant, images)
+    reference = reference_outputs(OutputHead.for_options(loaded.model, fp32.manifest.options).eval(), inputs.batch)
+    external = _external(fp32)
     with artifacts.staging(fp32.path.with_name(f"{fp32.path.stem}.{precision}.sensitivity")) as scratch:
         progress(f"calibrating {precision} Q/DQ sites of {fp32.path.name}")
-        calibrated = _calibrate(fp32, precision, chosen, calibration, scratch, progress)
+        calibrated = _calibrate(fp32, precision, profile, calibration, scratch, progress)
         progress("building the emulation model")
         emulator = Emulator(convert.smoothed_model(calibrated), calibrated.sites, calibrated.ranges.amax, precision,
-                            scratch, _external(fp32), threads)
+                            scratch, external, threads)
         baselines, scores = sensitivity.rank(emulator, mode, inputs.batch, reference,
                                              lambda done, total: progress(f"scoring: {done}/{total} configurations"))
     return SensitivityReport(
-        variant.name, precision, mode, images, chosen.threshold(precision), round(time.perf_counter() - start, 1),
+        loaded.variant.name, precision, mode, images, profile.threshold(precision), round(time.perf_counter() - start, 1),
         peak_rss(calibrated), {name: {"cosine_mean": f.cosine_mean, "cosine_min": f.cosine_min, "max_abs": f.max_abs}
                         for name, f in baselines.items()}, scores)
 
@@ -298,21 +200,22 @@ def _manifest(loaded, fp32: ExportResult, precision, profile: Profile, calibrati
               calibrated: convert.Calibrated | None) -> dict:
     section = getattr(profile.quantization, precision)
     return {
-        "kind": "onnx",
         "variant": loaded.variant.name,
         "precision": precision,
-        "weights": loaded.source.as_dict(),
-        "options": fp32.manifest["options"],
-        "source_onnx": {"path": str(fp32.path), "sha256": fp32.manifest["files"][fp32.path.name]["sha256"]},
-        "profile": {"name": profile.name, "path": str(profile.path) if profile.path else None},
+        "weights": fp32.manifest.weights,
+        "options": fp32.manifest.options,
+        "source_onnx": Upstream(path=str(fp32.path), identity=fp32.manifest.identity),
+        "profile": ProfileRef(name=profile.name, path=str(profile.path) if profile.path else None),
         "method": convert.calibration_method(precision, profile.calibration.method) if calibration is not None
         else "autocast",
         "calibration_provider": calibration_provider(profile.calibration.provider) if calibration is not None else None,
         "exclusions": section.model_dump(),
         "calibration": calibration.describe() if calibration is not None else None,
         "smoothing": calibrated.smoothing_summary() if calibrated is not None else None,
-        "inputs": fp32.manifest["inputs"],
-        "outputs": fp32.manifest["outputs"],
-        "external_data": fp32.manifest["external_data"],
+        "inputs": fp32.manifest.inputs,
+        "outputs": fp32.manifest.outputs,
+        "external_data": fp32.manifest.external_data,
         "versions": versions(("pe-export", "torch", "onnx", "onnxruntime", "nvidia-modelopt")),
+        # filled in once parity has run
+        "parity": {}, "qdq_nodes": {}, "seconds": 0.0, "peak_rss_mb": {},
     }

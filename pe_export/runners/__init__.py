@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Optional
 
-from pe_export import artifacts
+from pe_export.manifests import read_manifest
 from pe_export.errors import UsageError
 from pe_export.precisions import PRECISIONS
 from pe_export.runners.base import Runner
@@ -114,8 +114,8 @@ def open_runner(
         raise UsageError(f"artifact not found: {path}")
     if not chosen.opens(path):
         raise UsageError(f"{chosen.name} cannot run {path.suffix} files ({path.name})")
-    manifest = artifacts.read_manifest(path) or {}
-    precision = precision or manifest.get("precision", "fp32")
+    manifest = read_manifest(path)
+    precision = precision or (manifest.precision if manifest else "fp32")
     if chosen.runtime == "onnxruntime":
         from pe_export.runners.onnxruntime import OrtRunner
 

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pe_export import artifacts
-from pe_export.errors import PeExportError, TensorRTUnavailable, UsageError
+from pe_export.manifests import EngineManifest, read_manifest
+from pe_export.errors import TensorRTUnavailable, ToolFailed, UsageError
 from pe_export.runners.base import Runner
 from pe_export.runners.device_memory import Buffer, CudaMemory, DeviceMemory
 from pe_export.runners.tensorrt_env import Gpu, current_gpu, dims, import_tensorrt, release
@@ -28,15 +28,15 @@ IO_DTYPES: dict[str, type[np.generic]] = {
 }
 
 
-def incompatibility(metadata: dict, trt_version: str, gpu: Gpu) -> str | None:
+def incompatibility(metadata: EngineManifest, trt_version: str, gpu: Gpu) -> str | None:
     """Why an engine cannot run under this TensorRT and GPU, or None when it can.
 
     A plain engine runs only on the TensorRT release and the compute capability that built it. A
     version-compatible engine also runs on a newer release of its major version (or across the
     documented major pairs), never on an older one; an ampere+ engine runs on any sm 8.0 or newer.
     """
-    settings = metadata.get("settings", {})
-    built = str(metadata.get("tensorrt"))
+    settings = metadata.settings
+    built = metadata.tensorrt
     if built != trt_version:
         if not settings.get("version_compatible"):
             return (f"engine was built with TensorRT {built}, this is {trt_version}; rebuild it with `pe-export trt`, "
@@ -45,7 +45,7 @@ def incompatibility(metadata: dict, trt_version: str, gpu: Gpu) -> str | None:
         if new < old or (old[0] != new[0] and (old[0], new[0]) not in CROSS_MAJOR):
             return (f"engine was built with TensorRT {built}, this is {trt_version}; a version-compatible engine runs "
                     "only on the same or a newer release of its major version (or from 10.x on 11.x); rebuild it here")
-    built_gpu = metadata.get("gpu", {})
+    built_gpu = metadata.gpu
     where = f"{built_gpu.get('name')} (sm {built_gpu.get('compute_capability')})"
     compat = settings.get("hardware_compat", "none")
     if compat == "none" and built_gpu.get("compute_capability") != gpu.sm:
@@ -56,7 +56,7 @@ def incompatibility(metadata: dict, trt_version: str, gpu: Gpu) -> str | None:
     return None
 
 
-def check_compatible(metadata: dict, trt_version: str, gpu: Gpu) -> None:
+def check_compatible(metadata: EngineManifest, trt_version: str, gpu: Gpu) -> None:
     """Refuse an engine that this TensorRT and GPU cannot run."""
     problem = incompatibility(metadata, trt_version, gpu)
     if problem:
@@ -69,16 +69,16 @@ class TrtRunner(Runner):
 
     def __init__(self, path: Path, precision: str = "fp16", cuda_graph: bool = False, gpu: Gpu | None = None,
                  memory: DeviceMemory | None = None):
-        metadata = artifacts.load_manifest(path)
-        if metadata is None:
-            raise UsageError(f"{path} has no metadata JSON beside it; build engines with `pe-export trt`")
+        metadata = read_manifest(path)
+        if not isinstance(metadata, EngineManifest):
+            raise UsageError(f"{path} has no engine manifest beside it; build engines with `pe-export trt`")
         trt = import_tensorrt()
         self.trt_version = str(trt.__version__)
         check_compatible(metadata, self.trt_version, gpu or current_gpu())
-        self.precision = metadata.get("precision", precision)
+        self.precision = metadata.precision
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
-        if metadata.get("settings", {}).get("version_compatible"):
+        if metadata.settings.get("version_compatible"):
             self.runtime.engine_host_code_allowed = True  # the plan carries its own lean runtime
         engine: trt.ICudaEngine | None = self.runtime.deserialize_cuda_engine(path.read_bytes())
         if engine is None:
@@ -133,12 +133,12 @@ class TrtRunner(Runner):
         out = self.memory.empty(out_shape, self.output_dtype)
         for name, buffer in ((self.input_name, x), (self.output_name, out)):
             if not self.context.set_tensor_address(name, buffer.data_ptr()):
-                raise PeExportError(f"TensorRT refused the device address of {name} (see its log above)")
+                raise ToolFailed(f"TensorRT refused the device address of {name} (see its log above)")
         return out
 
     def _execute(self) -> None:
         if not self.context.execute_async_v3(self.memory.stream):
-            raise PeExportError("TensorRT could not run the engine: execute_async_v3 failed (see its log above)")
+            raise ToolFailed("TensorRT could not run the engine: execute_async_v3 failed (see its log above)")
 
     def versions(self) -> dict[str, str | None]:
         return {"tensorrt": self.trt_version}

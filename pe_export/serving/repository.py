@@ -18,12 +18,16 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pe_export import artifacts
+from pe_export.artifacts import Digests
 from pe_export.errors import UsageError
+from pe_export.manifests import (EngineManifest, GraphManifest, RepositoryManifest, TensorInfo, Upstream,
+                                 manifest_path, read_manifest, seal, write_manifest)
 from pe_export.runners import ENGINE_SUFFIXES
 from pe_export.serving import InstanceKind
 from pe_export.validate import check_artifact
@@ -62,29 +66,46 @@ class Repository:
     model_dir: Path
     config: Path
     text: str
+    manifest: RepositoryManifest
+    reused: bool = False  # the model folder there was made from this artifact with this config
 
 
-def model_repository(artifact: Path, repository: Path, options: ServingOptions = ServingOptions()) -> Repository:
-    """Write `<repository>/<name>/` for the artifact; a model folder already there is replaced whole."""
+def model_repository(artifact: Path, repository: Path, options: ServingOptions = ServingOptions(),
+                     digests: Digests | None = None, progress: Callable[[str], None] = lambda step: None) -> Repository:
+    """Write `<repository>/<name>/` for the artifact (a model folder already there is replaced whole),
+    or keep the one there when it was made from this very artifact (its identity) with this config.
+    Its manifest, `config.pbtxt.json` in the model folder, records both."""
     artifact = Path(artifact)
+    digests = digests or Digests()
     manifest = served_manifest(artifact)
+    if not artifacts.files_match(artifact, manifest, digests):
+        raise UsageError(f"{artifact} no longer matches its manifest (changed or incomplete since it was made); "
+                         "make it again with pe-export")
     engine = artifact.suffix in ENGINE_SUFFIXES
     name = model_name(manifest, options, engine)
     text = config_text(name, manifest, options, engine, artifact.name)
     image_models = image_model_configs(name, manifest) if options.images else {}
     target = repository / name
-    artifacts.prepare_destination(target / "config.pbtxt")
-    with artifacts.staging(target) as scratch:
-        version = scratch / "1"
-        version.mkdir()
-        _place(artifact, version / ("model.plan" if engine else "model.onnx"))
-        for companion in manifest.get("files", {}):  # external data keeps the name the graph refers to
-            if companion != artifact.name:
-                _place(artifact.parent / companion, version / companion)
-        (scratch / "config.pbtxt").write_text(text)
-        _swap_in(scratch, target)
+    config = target / "config.pbtxt"
+    key = {"artifact": manifest.identity, "config": text}
+    kept = artifacts.reuse(config, key, digests, progress)
+    reused = isinstance(kept, RepositoryManifest)
+    if not reused:
+        artifacts.prepare_destination(config)
+        with artifacts.staging(target) as scratch:
+            version = scratch / "1"
+            version.mkdir()
+            placed = [_place(artifact, version / ("model.plan" if engine else "model.onnx"))]
+            placed += [_place(artifact.parent / companion, version / companion)  # external data keeps its name
+                       for companion in manifest.files if companion != artifact.name]
+            (scratch / "config.pbtxt").write_text(text)
+            fields = {"variant": manifest.variant, "precision": manifest.precision, "model": name,
+                      "artifact": Upstream(path=str(artifact), identity=manifest.identity)}
+            kept = RepositoryManifest(**seal(fields, key, digests.files([scratch / "config.pbtxt", *placed], scratch)))
+            write_manifest(scratch / manifest_path(config).name, kept)
+            _swap_in(scratch, target)
     write_image_models(repository, image_models)
-    return Repository(target, target / "config.pbtxt", text)
+    return Repository(target, config, text, kept, reused)  # type: ignore[arg-type]
 
 
 def write_image_models(repository: Path, configs: dict[str, str]) -> None:
@@ -100,72 +121,72 @@ def write_image_models(repository: Path, configs: dict[str, str]) -> None:
             _swap_in(scratch, target)
 
 
-def image_model_configs(name: str, manifest: dict) -> dict[str, str]:
+def image_model_configs(name: str, manifest: GraphManifest) -> dict[str, str]:
     """`<name>_preprocess` (encoded image -> pixels, pe-export's preprocessing on Triton's python
     backend) and `<name>_images`, the ensemble that chains it to the model so that clients send image
     files: their config.pbtxt by model name.
 
     One image per request (its bytes vary in length, so Triton cannot batch them): the ensemble
     hands the model a batch of one, which dynamic batching then gathers with others."""
-    inputs, outputs = manifest["inputs"], manifest["outputs"]
-    batch = static_batch(manifest)
+    inputs, outputs = manifest.inputs, manifest.outputs
+    batch = manifest.static_batch
     if batch not in (None, 1):
         raise UsageError(f"--images sends one image per request, and this artifact takes batches of exactly {batch}; "
                          "export it with a dynamic batch or batch 1")
-    size = inputs[0]["shape"][-1]
+    size = inputs[0].shape[-1]
     preprocess, ensemble = f"{name}{PREPROCESS_SUFFIX}", f"{name}{IMAGES_SUFFIX}"
     one = lambda shape: ", ".join(str(d) for d in [1, *shape[1:]])  # noqa: E731 - a batch of one
     image_input = 'input [{ name: "image" data_type: TYPE_UINT8 dims: [-1] }]'
     preprocess_config = "\n".join([
         f'name: "{preprocess}"', 'backend: "python"', "max_batch_size: 0", image_input,
-        f'output [{{ name: "pixels" data_type: TYPE_FP32 dims: [{one(inputs[0]["shape"])}] }}]',
+        f'output [{{ name: "pixels" data_type: TYPE_FP32 dims: [{one(inputs[0].shape)}] }}]',
         "instance_group [{ kind: KIND_CPU count: 1 }]",
         f'parameters {{ key: "pe_export.image_size" value: {{ string_value: "{size}" }} }}']) + "\n"
     steps = [
         f'{{ model_name: "{preprocess}" model_version: -1 input_map {{ key: "image" value: "image" }} '
         'output_map { key: "pixels" value: "pixels" } }',
-        f'{{ model_name: "{name}" model_version: -1 input_map {{ key: "{inputs[0]["name"]}" value: "pixels" }} '
-        + " ".join(f'output_map {{ key: "{o["name"]}" value: "{o["name"]}" }}' for o in outputs) + " }",
+        f'{{ model_name: "{name}" model_version: -1 input_map {{ key: "{inputs[0].name}" value: "pixels" }} '
+        + " ".join(f'output_map {{ key: "{o.name}" value: "{o.name}" }}' for o in outputs) + " }",
     ]
     ensemble_config = "\n".join([
         f'name: "{ensemble}"', 'platform: "ensemble"', "max_batch_size: 0", image_input,
-        *(f'output [{{ name: "{o["name"]}" data_type: {_triton_type(o)} dims: [{one(o["shape"])}] }}]' for o in outputs),
+        *(f'output [{{ name: "{o.name}" data_type: {_triton_type(o)} dims: [{one(o.shape)}] }}]' for o in outputs),
         f"ensemble_scheduling {{ step [ {', '.join(steps)} ] }}"]) + "\n"
     return {preprocess: preprocess_config, ensemble: ensemble_config}
 
 
-def served_manifest(artifact: Path, variant: str | None = None) -> dict:
+def served_manifest(artifact: Path, variant: str | None = None) -> GraphManifest:
     """The manifest of an artifact that can be served, checked (for `variant` when one is named)."""
-    manifest = artifacts.read_manifest(artifact) if artifact.is_file() else None
-    if manifest is None:
+    manifest = read_manifest(artifact) if artifact.is_file() else None
+    if not isinstance(manifest, GraphManifest):
         raise UsageError(f"{artifact} has no manifest beside it; make artifacts with pe-export onnx, quantize or trt")
-    check_artifact(artifact, get_variant(variant or manifest["variant"]))
+    check_artifact(artifact, get_variant(variant or manifest.variant))
     return manifest
 
 
-def model_name(manifest: dict, options: ServingOptions, engine: bool) -> str:
+def model_name(manifest: GraphManifest, options: ServingOptions, engine: bool) -> str:
     name = options.name or _default_name(manifest, engine)
     if not MODEL_NAME.match(name):
         raise UsageError(f"model name {name!r}: use letters, digits, '-', '_' and '.'")
     return name
 
 
-def config_text(name: str, manifest: dict, options: ServingOptions, engine: bool, artifact: str,
+def config_text(name: str, manifest: GraphManifest, options: ServingOptions, engine: bool, artifact: str,
                 python_model: dict[str, str] | None = None) -> str:
     """The model's config.pbtxt: protobuf text format of Triton's ModelConfig.
 
     With `python_model` (the parameters the model reads), the model is served by Triton's python
     backend instead of its onnxruntime or TensorRT backend: `pe-export serve` runs it that way."""
-    inputs, outputs = manifest["inputs"], manifest["outputs"]
-    dynamic = static_batch(manifest) is None
+    inputs, outputs = manifest.inputs, manifest.outputs
+    dynamic = manifest.static_batch is None
     limit = _batch_limit(manifest, options, engine) if dynamic else 0
     runs_on = ('backend: "python"' if python_model is not None else
                'platform: "tensorrt_plan"' if engine else 'platform: "onnxruntime_onnx"')
     lines = [f'name: "{name}"', runs_on, f"max_batch_size: {limit}"]
     for kind, tensors in (("input", inputs), ("output", outputs)):
         for tensor in tensors:
-            dims = tensor["shape"][1:] if dynamic else tensor["shape"]
-            lines.append(f'{kind} [{{ name: "{tensor["name"]}" data_type: {_triton_type(tensor)} '
+            dims = tensor.shape[1:] if dynamic else tensor.shape
+            lines.append(f'{kind} [{{ name: "{tensor.name}" data_type: {_triton_type(tensor)} '
                          f'dims: [{", ".join(str(d) for d in dims)}] }}]')
     if dynamic:
         preferred = options.preferred_batch_sizes or sorted({b for b in (_opt(manifest), limit) if b and b > 1})
@@ -175,7 +196,7 @@ def config_text(name: str, manifest: dict, options: ServingOptions, engine: bool
     lines.append(f"instance_group [{{ kind: {kind} count: {options.instances} }}]")
     if options.tensorrt_accelerator and not engine:
         lines.append('optimization { execution_accelerators { gpu_execution_accelerator: [{ name: "tensorrt" }] } }')
-    recorded = {"pe_export.variant": manifest["variant"], "pe_export.precision": manifest.get("precision", "fp32"),
+    recorded = {"pe_export.variant": manifest.variant, "pe_export.precision": manifest.precision,
                 "pe_export.artifact": artifact, **(python_model or {})}
     lines += [f'parameters {{ key: "{k}" value: {{ string_value: "{_quoted(v)}" }} }}' for k, v in recorded.items()]
     return "\n".join(lines) + "\n"
@@ -186,15 +207,9 @@ def _quoted(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def static_batch(manifest: dict) -> int | None:
-    """The artifact's fixed batch size, or None when its batch dimension is dynamic."""
-    batch_dim = manifest["inputs"][0]["shape"][0]
-    return batch_dim if isinstance(batch_dim, int) and batch_dim != -1 else None
-
-
-def _batch_limit(manifest: dict, options: ServingOptions, engine: bool) -> int:
-    if engine:
-        engine_max = manifest["settings"]["batch_max"]
+def _batch_limit(manifest: GraphManifest, options: ServingOptions, engine: bool) -> int:
+    if isinstance(manifest, EngineManifest):
+        engine_max = manifest.settings["batch_max"]
         if options.max_batch_size and options.max_batch_size > engine_max:
             raise UsageError(f"the engine's profile takes batches up to {engine_max}; "
                              f"--max-batch {options.max_batch_size} is more than it can run")
@@ -202,28 +217,29 @@ def _batch_limit(manifest: dict, options: ServingOptions, engine: bool) -> int:
     return options.max_batch_size or 8
 
 
-def _opt(manifest: dict) -> int | None:
-    return manifest.get("settings", {}).get("batch_opt")
+def _opt(manifest: GraphManifest) -> int | None:
+    return manifest.settings.get("batch_opt") if isinstance(manifest, EngineManifest) else None
 
 
-def _triton_type(tensor: dict) -> str:
+def _triton_type(tensor: TensorInfo) -> str:
     try:
-        return TRITON_TYPES[tensor["dtype"]]
+        return TRITON_TYPES[tensor.dtype]
     except KeyError:
-        raise UsageError(f"tensor {tensor['name']} has type {tensor['dtype']}, which pe-export does not serve") from None
+        raise UsageError(f"tensor {tensor.name} has type {tensor.dtype}, which pe-export does not serve") from None
 
 
-def _default_name(manifest: dict, engine: bool) -> str:
+def _default_name(manifest: GraphManifest, engine: bool) -> str:
     runtime = "trt" if engine else "onnx"
-    return f"{manifest['variant'].lower()}-{manifest.get('precision', 'fp32')}-{runtime}"
+    return f"{manifest.variant.lower()}-{manifest.precision}-{runtime}"
 
 
-def _place(source: Path, target: Path) -> None:
-    """A hard link where the file system allows (weights are large), else a copy."""
+def _place(source: Path, target: Path) -> Path:
+    """A hard link where the file system allows (weights are large), else a copy; returns `target`."""
     try:
         os.link(source, target)
     except OSError:
         shutil.copy2(source, target)
+    return target
 
 
 def _swap_in(staged: Path, target: Path) -> None:

@@ -36,7 +36,7 @@ from typing import Optional
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import pe_export
-from pe_export.errors import PeExportError, Unavailable, UsageError
+from pe_export.errors import ToolFailed, Unavailable, UsageError
 from pe_export.processes import die_with_parent
 from pe_export.runners import ENGINE_SUFFIXES
 from pe_export.serving.repository import (ServingOptions, config_text, image_model_configs, model_name, served_manifest,
@@ -103,7 +103,7 @@ class Server:
         """Block until `stop` is set; an error with the log's last lines if the server dies first."""
         while not stop.wait(0.5):
             if self.process.poll() is not None:
-                raise PeExportError(f"Triton stopped (exit code {self.process.returncode}); {self.log_tail()}")
+                raise ToolFailed(f"Triton stopped (exit code {self.process.returncode}); {self.log_tail()}")
 
     def log_tail(self) -> str:
         lines = self.log.read_text(errors="replace").splitlines() if self.log.is_file() else []
@@ -246,13 +246,13 @@ def _wait_ready(server: Server) -> None:
     deadline = time.monotonic() + server.settings.start_seconds
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise PeExportError(f"Triton stopped while loading {server.model} (exit code {server.process.returncode}); "
+            raise ToolFailed(f"Triton stopped while loading {server.model} (exit code {server.process.returncode}); "
                                 f"{server.log_tail()}")
         with contextlib.suppress(OSError):
             with urllib.request.urlopen(f"http://127.0.0.1:{server.settings.http_port}/v2/health/ready", timeout=2):
                 return  # 200: every model loaded
         time.sleep(0.2)
-    raise PeExportError(f"Triton was not ready after {server.settings.start_seconds:.0f} s; {server.log_tail()}")
+    raise ToolFailed(f"Triton was not ready after {server.settings.start_seconds:.0f} s; {server.log_tail()}")
 
 
 def stop(process: subprocess.Popen) -> None:

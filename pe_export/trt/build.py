@@ -7,18 +7,21 @@ flag; on 11.x strong typing is the only mode.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Union
 
 from pydantic import Field, model_validator
 
 from pe_export import artifacts
-from pe_export.errors import PeExportError, TensorRTUnavailable, UsageError
+from pe_export.artifacts import Digests
+from pe_export.errors import TensorRTUnavailable, ToolFailed, UsageError
+from pe_export.manifests import EngineManifest, Upstream, manifest_path, seal, write_manifest
+from pe_export.onnx.spec import ExportResult
 from pe_export.precision.profiles import TensorRTSection, check_batch_range
 from pe_export.precisions import PrecisionName
+from pe_export.report import PrecisionResult
 from pe_export.runners.tensorrt_env import Gpu, current_gpu, dims, import_tensorrt, release
 from pe_export.trt.timing_cache import attach_timing_cache, cache_file, save_timing_cache
 
@@ -45,21 +48,21 @@ class BuildSettings(TensorRTSection):
         return data
 
 
+SourceOnnx = Union[ExportResult, PrecisionResult]  # the ONNX of a precision an engine is built from
+
+
 @dataclass(frozen=True)
 class EngineResult:
     path: Path
-    metadata: dict
+    manifest: EngineManifest
     notes: tuple[str, ...] = ()  # what went wrong beside the engine (its timing cache), for the user to read
+    reused: bool = False  # found built from the same key, not built by this call
 
 
-def engine_key(onnx_path: Path, settings: BuildSettings) -> dict:
-    """What an engine is built from; whether this TensorRT and GPU may run it is NVIDIA's rule
-    (runners.tensorrt.incompatibility), checked beside the key."""
-    return {"onnx": artifacts.file_sha256(onnx_path), "settings": settings.recorded()}
-
-
-def metadata_path(engine: Path) -> Path:
-    return artifacts.manifest_path(engine)
+def engine_key(onnx: SourceOnnx, settings: BuildSettings) -> dict:
+    """What an engine is built from: its ONNX's identity and the build settings. Whether this TensorRT
+    and GPU may run it is NVIDIA's rule (runners.tensorrt.incompatibility), checked beside the key."""
+    return {"onnx": onnx.manifest.identity, "settings": settings.recorded()}
 
 
 def check_dla(core: int | None) -> None:
@@ -85,14 +88,15 @@ def require_dla(builder: trt.Builder, core: int | None) -> None:
 
 
 def build_engine(
-    onnx_path: Path,
+    onnx: SourceOnnx,
     settings: BuildSettings,
     engine_path: Path,
     gpu: Gpu | None = None,
     progress: Callable[[str], None] = lambda step: None,
+    digests: Digests | None = None,
 ) -> EngineResult:
-    """Parse `onnx_path` from its file (so external data is found), build, and write the engine
-    with its metadata JSON atomically. The timing cache, when one is named, is loaded before the
+    """Parse the ONNX from its file (so external data is found), build, and write the engine
+    with its manifest atomically. The timing cache, when one is named, is loaded before the
     build and saved after the engine is published, so that no cache problem can cost the engine."""
     trt = import_tensorrt()
     gpu = gpu or current_gpu()
@@ -103,9 +107,9 @@ def build_engine(
     require_dla(builder, settings.dla_core)
     network = builder.create_network(_network_flags())
     parser = trt.OnnxParser(network, logger)
-    progress(f"parsing {onnx_path.name}")
-    if not parser.parse_from_file(str(onnx_path)):
-        raise PeExportError(f"TensorRT could not parse {onnx_path.name}: " + "; ".join(_parser_errors(parser)))
+    progress(f"parsing {onnx.path.name}")
+    if not parser.parse_from_file(str(onnx.path)):
+        raise ToolFailed(f"TensorRT could not parse {onnx.path.name}: " + "; ".join(_parser_errors(parser)))
     config = builder.create_builder_config()
     _configure(builder, network, config, settings)
     cache = cache_file(settings.timing_cache, str(trt.__version__), gpu) if settings.timing_cache else None
@@ -113,32 +117,33 @@ def build_engine(
     progress(f"building the {settings.precision} engine (TensorRT {trt.__version__}, {gpu.name})")
     serialized: trt.IHostMemory | None = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise PeExportError("TensorRT could not build the engine (see its log above); nothing was written")
+        raise ToolFailed("TensorRT could not build the engine (see its log above); nothing was written")
     engine_bytes = bytes(serialized)
-    metadata = {
-        "kind": "tensorrt-engine",
+    fields = {
+        "variant": onnx.manifest.variant,
+        "precision": settings.precision,
         "tensorrt": str(trt.__version__),
         "gpu": {"name": gpu.name, "compute_capability": gpu.sm},
-        "precision": settings.precision,
         "settings": settings.recorded(),
         "timing_cache": str(cache) if cache else None,
-        "onnx": {"path": str(onnx_path), "sha256": artifacts.file_sha256(onnx_path)},
-        "key": engine_key(onnx_path, settings),
+        "source_onnx": Upstream(path=str(onnx.path), identity=onnx.manifest.identity),
         "build_seconds": round(time.perf_counter() - start, 1),
         "engine_bytes": len(engine_bytes),
+        # the ONNX's output options, so parity compares the engine with the right torch output
+        "options": onnx.manifest.options,
         "inputs": [_io(network.get_input(i)) for i in range(network.num_inputs)],
         "outputs": [_io(network.get_output(i)) for i in range(network.num_outputs)],
     }
     with artifacts.staging(engine_path) as scratch:
         staged = scratch / engine_path.name
         staged.write_bytes(engine_bytes)
-        metadata["files"] = artifacts.file_digests([staged])
-        manifest = scratch / metadata_path(engine_path).name
-        artifacts.write_json(manifest, {**metadata, "options": _source_options(onnx_path)})
-        artifacts.publish([staged, manifest], engine_path)
+        manifest = EngineManifest(**seal(fields, engine_key(onnx, settings), (digests or Digests()).files([staged])))
+        manifest_file = scratch / manifest_path(engine_path).name
+        write_manifest(manifest_file, manifest)
+        artifacts.publish([staged, manifest_file], engine_path)
     if cache:
         notes += save_timing_cache(config, cache)
-    return EngineResult(engine_path, json.loads(metadata_path(engine_path).read_text()), tuple(notes))
+    return EngineResult(engine_path, manifest, tuple(notes))
 
 
 def _network_flags() -> int:
@@ -188,9 +193,3 @@ def _configure(builder: trt.Builder, network: trt.INetworkDefinition, config: tr
 
 def _io(tensor: trt.ITensor) -> dict:
     return {"name": tensor.name, "shape": list(dims(tensor.shape)), "dtype": tensor.dtype.name}
-
-
-def _source_options(onnx_path: Path) -> dict:
-    """The ONNX manifest's output options, so parity compares the engine with the right torch output."""
-    manifest = artifacts.load_manifest(onnx_path) or {}
-    return manifest.get("options", {})

@@ -14,6 +14,7 @@ import onnx
 import pytest
 
 from pe_export.errors import PeExportError, UsageError
+from pe_export.manifests import identity
 from pe_export.model import ModelSource, load_model
 from pe_export.onnx import export as export_module
 from pe_export.onnx.check import check_onnx
@@ -140,7 +141,9 @@ def test_each_export_passes_its_own_target_check(exports, case, target):
 def test_manifest_records_the_export(exports, loaded):
     result = exports[(SPATIAL, "trt11")]
     manifest = json.loads(result.manifest_path.read_text())
-    assert manifest == result.manifest
+    assert manifest == result.manifest.dump()
+    assert manifest["schema"] == "pe-export/manifest/1" and set(manifest["files"]) == {result.path.name}
+    assert manifest["identity"] == identity(result.manifest.key, result.manifest.files)
     assert manifest["variant"] == SPATIAL
     assert manifest["weights"]["sha256"] == loaded[SPATIAL].source.sha256
     assert manifest["options"]["opset"] == 23 and manifest["options"]["batch"] == "dynamic"
@@ -158,7 +161,7 @@ def test_default_path_names_variant_target_and_departures(loaded, tmp_path, monk
     monkeypatch.chdir(tmp_path)
     result = export_variant(ModelSource(SPATIAL, random_init=True), options=ExportOptions(target="jetson", batch=1))
     assert result.path == Path("artifacts/PE-Spatial-T16-512/PE-Spatial-T16-512.jetson.b1.onnx")
-    assert result.path.is_file() and result.manifest["weights"]["seed"] == 0
+    assert result.path.is_file() and result.manifest.weights.seed == 0
 
 
 def test_external_data_for_big_models(fixtures, loaded, tmp_path, monkeypatch):
@@ -166,7 +169,7 @@ def test_external_data_for_big_models(fixtures, loaded, tmp_path, monkeypatch):
     path = tmp_path / "big.onnx"
     result = export_onnx(loaded[SPATIAL], ExportOptions(), path)
     data = tmp_path / "big.onnx.data"
-    assert result.manifest["external_data"] and data.is_file()
+    assert result.manifest.external_data and data.is_file()
     assert path.stat().st_size < 1_000_000 < data.stat().st_size
     assert check_onnx(path, "trt11").ok
     reference = fixtures.outputs(SPATIAL)
@@ -268,15 +271,22 @@ def test_nodes_are_named_after_their_modules(exports):
     assert not any(node.metadata_props for node in model.graph.node)
 
 
-def test_ensure_onnx_freeing_frees_the_weights_only_when_it_exports(tmp_path, monkeypatch):
-    """The OpenVINO export's torch worker exports a missing ONNX from weights it then loads again."""
+def test_a_plan_frees_the_weights_it_loaded_when_it_exports_never_those_it_was_given(tmp_path, monkeypatch):
+    """A command's plan exports a missing ONNX from weights it then loads again when a later step needs them."""
+    from pe_export.pipeline import Plan
+    from pe_export.precision.profiles import cpu_profile
+
     monkeypatch.chdir(tmp_path)
-    loaded = load_model(SPATIAL, random_init=True)
-    made, freed = export_module.ensure_onnx_freeing(loaded, ExportOptions(target="ort"))
-    assert freed is True and all(p.numel() == 0 for p in loaded.model.parameters())  # onnxruntime's copy replaced them
-    again = load_model(SPATIAL, random_init=True)
-    kept = sum(p.numel() for p in again.model.parameters())
-    reused, freed = export_module.ensure_onnx_freeing(again, ExportOptions(target="ort"))
-    assert freed is False and sum(p.numel() for p in again.model.parameters()) == kept > 0
+    plan = Plan(ModelSource(SPATIAL, random_init=True), cpu_profile(SPATIAL))
+    first = plan.weights()
+    made = plan.fp32()
+    assert all(p.numel() == 0 for p in first.model.parameters())  # onnxruntime's copy replaced them
+    assert sum(p.numel() for p in plan.weights().model.parameters()) > 0  # loaded again
+    given = load_model(SPATIAL, random_init=True)
+    kept = sum(p.numel() for p in given.model.parameters())
+    reused = Plan.of(given, cpu_profile(SPATIAL)).fp32()
     assert reused.path == made.path == Path("artifacts") / SPATIAL / f"{SPATIAL}.ort.onnx" and made.path.is_file()
     assert reused.manifest == made.manifest
+    monkeypatch.chdir(tmp_path / "artifacts")  # nothing to reuse here: the given weights export and stay
+    Plan.of(given, cpu_profile(SPATIAL)).fp32()
+    assert sum(p.numel() for p in given.model.parameters()) == kept > 0

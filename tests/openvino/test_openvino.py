@@ -10,8 +10,11 @@ import pytest
 from pe_export.errors import CheckFailed, PeExportError, Unavailable, UsageError
 from pe_export.model import load_model
 from pe_export.onnx.export import ExportOptions, export_onnx
-from pe_export.openvino.ir import convert, ensure_ir, ir_path
+from pe_export.manifests import read_manifest
+from pe_export.openvino.ir import convert, make_ir, torch_reference
+from pe_export.pipeline import Plan
 from pe_export.precision.profiles import Profile
+from pe_export.report import PrecisionResult
 from pe_export.runners import BACKENDS, default_backend, open_runner
 from pe_export.runners import openvino as ov_runner
 from pe_export.validate import compare
@@ -41,7 +44,8 @@ def made(spatial, profile, workdir):
     """fp32, int8 and (where the CPU has bf16 units) bf16 IR, made under the module's scratch folder."""
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(workdir)
-        yield {p: ensure_ir(spatial, p, profile) for p in ("fp32", "int8", "bf16") if ov_runner.runs(p)}
+        plan = Plan.of(spatial, profile)
+        yield {p: plan.ir(p) for p in ("fp32", "int8", "bf16") if ov_runner.runs(p)}
 
 
 def _bin(result) -> Path:
@@ -98,14 +102,14 @@ def test_each_ir_is_proven_against_torch_fp32(made, profile):
     for precision, result in made.items():
         m = result.manifest
         assert result.path.name == f"{SPATIAL}.ort.{precision}.xml" and _bin(result).is_file()
-        assert m["kind"] == "openvino-ir" and m["precision"] == precision and m["versions"]["openvino"]
-        assert set(m["files"]) == {result.path.name, _bin(result).name}
+        assert m.kind == "openvino-ir" and m.precision == precision and m.versions["openvino"]
+        assert set(m.files) == {result.path.name, _bin(result).name}
         assert result.parity.backend == "openvino" and result.parity.passed
         assert result.parity.threshold == profile.threshold(precision)
     fp32 = made["fp32"]
-    assert fp32.manifest["inference_precision"] == "f32"
+    assert fp32.manifest.inference_precision == "f32"
     assert fp32.parity.cosine_min > 0.99999 and fp32.parity.max_abs < 1e-4
-    assert fp32.manifest["source_onnx"]["path"].endswith(f"{SPATIAL}.ort.onnx")
+    assert fp32.manifest.source_onnx.path.endswith(f"{SPATIAL}.ort.onnx")
 
 
 def test_the_runner_reads_the_weights_instead_of_mapping_them(made, fixtures):
@@ -121,17 +125,17 @@ def test_the_runner_reads_the_weights_instead_of_mapping_them(made, fixtures):
 
 def test_int8_ir_holds_int8_weights_from_the_qdq_graph(made):
     int8, fp32 = made["int8"], made["fp32"]
-    assert int8.manifest["source_onnx"]["path"].endswith(f"{SPATIAL}.ort.int8.onnx")
+    assert int8.manifest.source_onnx.path.endswith(f"{SPATIAL}.ort.int8.onnx")
     # the converter folds each weight's Q/DQ pair into int8 constants: a third of the fp32 file
     assert _bin(int8).stat().st_size < 0.35 * _bin(fp32).stat().st_size
     assert 0.999 <= int8.parity.cosine_mean < fp32.parity.cosine_mean
-    assert int8.manifest["inference_precision"] == ("bf16" if HAS_BF16 else "f32")
+    assert int8.manifest.inference_precision == ("bf16" if HAS_BF16 else "f32")
 
 
 @pytest.mark.skipif(not HAS_BF16, reason="this CPU has no bf16 units")
 def test_bf16_ir_keeps_fp16_weights_and_computes_in_bf16(made):
     bf16, fp32 = made["bf16"], made["fp32"]
-    assert bf16.manifest["inference_precision"] == "bf16"
+    assert bf16.manifest.inference_precision == "bf16"
     assert _bin(bf16).stat().st_size == pytest.approx(_bin(fp32).stat().st_size / 2, rel=0.02)
     assert 0.9999 < bf16.parity.cosine_mean < fp32.parity.cosine_mean
 
@@ -139,22 +143,22 @@ def test_bf16_ir_keeps_fp16_weights_and_computes_in_bf16(made):
 def test_an_ir_is_reused_while_its_source_and_openvino_match(spatial, profile, made, workdir, monkeypatch):
     monkeypatch.chdir(workdir)
     before = made["fp32"].path.stat().st_mtime_ns
-    assert ensure_ir(spatial, "fp32", profile).manifest == made["fp32"].manifest
+    assert Plan.of(spatial, profile).ir("fp32").manifest == made["fp32"].manifest
     assert made["fp32"].path.stat().st_mtime_ns == before
 
 
 def test_a_missed_threshold_writes_nothing_and_keeps_the_previous_ir(spatial, profile, made, workdir, monkeypatch):
     monkeypatch.chdir(workdir)
     strict = profile.model_copy(update={"parity": {"int8": 0.9999999}})
-    path = ir_path(spatial.variant, strict, "int8")
+    path = Plan.of(spatial, strict).ir_path("int8")
     before = {p.name: p.read_bytes() for p in (path, _bin(made["int8"]))}
     path.with_name(path.name + ".json").write_text("{}")  # a stale manifest: the IR must be made again
     # the int8 ONNX that passed its own gate stays the source (a stricter int8 threshold would remake it too)
-    source = Path(made["int8"].manifest["source_onnx"]["path"])
-    monkeypatch.setattr("pe_export.precision.quantize.precision_onnx", lambda *args, **kwargs: source)
+    source = Path(made["int8"].manifest.source_onnx.path)
+    onnx = PrecisionResult.recorded(source, read_manifest(source))
     with pytest.raises(CheckFailed, match=r"the int8 IR misses its parity threshold on OpenVINO: token cosine mean "
                                           r"0\.99\d+ < 0\.9999999 .*nothing was written"):
-        ensure_ir(spatial, "int8", strict)
+        make_ir(torch_reference(spatial, onnx, lambda step: None), "int8", strict, path, lambda step: None, 0.0)
     assert {p.name: p.read_bytes() for p in (path, _bin(made["int8"]))} == before
     assert not list(path.parent.glob("*.partial"))
 
@@ -176,6 +180,6 @@ def test_a_failed_ir_write_is_one_line_saying_why(made, tmp_path, monkeypatch, f
     monkeypatch.setattr(openvino, "save_model", fail)
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**40, 2**40, free_mib * 2**20))
-    source = Path(made["fp32"].manifest["source_onnx"]["path"])
+    source = Path(made["fp32"].manifest.source_onnx.path)
     with pytest.raises(PeExportError, match=f"^{message}$"):
         convert(source, tmp_path / "m.xml", compress_to_fp16=False, destination=Path("out/m.xml"))

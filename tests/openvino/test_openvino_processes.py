@@ -28,10 +28,10 @@ def test_the_exporting_process_never_imports_torch(fixtures, tmp_path):
         import json, sys
         sys.modules["torch"] = None  # any import of torch in this process fails
         from pathlib import Path
-        from pe_export.openvino.ir import openvino_variant
+        from pe_export.pipeline.commands import openvino_variant
         from pe_export.source import ModelSource
         result = openvino_variant(ModelSource("{SPATIAL}", "{checkpoint}"), "fp32", output=Path("out/m.xml"))
-        print(json.dumps(result.manifest))
+        print(json.dumps(result.manifest.dump()))
     ''')
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
@@ -43,13 +43,14 @@ def test_the_exporting_process_never_imports_torch(fixtures, tmp_path):
 
 
 def _worker(parent: int, job: str, seconds: float = 300) -> int:
-    """The pid of the parent's worker running `job` (reference or ir), once it has started."""
+    """The pid of the parent's worker running `job` (the torch reference or the ir), once it has started."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         for pid in process_tree(parent):
             try:
                 command = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
-                if "pe_export.openvino.worker" in command and json.loads(Path(command[-2]).read_text())["job"] == job:
+                workers = ("pe_export.pipeline.worker", "pe_export.openvino.worker")
+                if any(w in command for w in workers) and json.loads(Path(command[-2]).read_text())["job"] == job:
                     return pid
             except (OSError, ValueError, IndexError):
                 continue

@@ -18,6 +18,7 @@ from pe_export.model.stress import save_stressed
 from pe_export.precision import qdq
 from pe_export.precision.calibration import load_calibration
 from pe_export.precision.profiles import QuantSection, load_profile
+from pe_export.pipeline import Plan
 from pe_export.precision.quantize import make_precision
 from pe_export.runners.onnxruntime import OrtRunner
 from pe_export.validate import compare, reference_outputs, synthetic_inputs
@@ -48,9 +49,9 @@ def _profile(folder: Path, name: str, threshold: float = 0.99, **int8) -> Path:
 
 
 def _make(folder, model, precision, profile, name):
-    loaded = load_model(SPATIAL, model)
-    return make_precision(loaded, precision, load_profile(profile), load_calibration("synthetic", 8, 512),
-                          folder / f"{name}.{precision}.onnx")
+    loaded, chosen = load_model(SPATIAL, model), load_profile(profile)
+    return make_precision(Plan.of(loaded, chosen).fp32(), loaded, precision, chosen,
+                          load_calibration("synthetic", 8, 512), folder / f"{name}.{precision}.onnx")
 
 
 def test_plain_int8_misses_and_smoothing_passes(folder, models, monkeypatch):
@@ -59,7 +60,7 @@ def test_plain_int8_misses_and_smoothing_passes(folder, models, monkeypatch):
         _make(folder, models["outliers"], "int8", _profile(folder, "plain", smoothing=None), "plain")
     smoothed = _make(folder, models["outliers"], "int8", _profile(folder, "default", 0.995), "smoothed")
     assert smoothed.parity.cosine_mean >= 0.9995  # measured 0.99990; plain 0.958
-    summary = smoothed.manifest["smoothing"]
+    summary = smoothed.manifest.smoothing
     assert summary["alpha"] == 0.5 and summary["pairs"] == 24  # ln_1 -> in_proj and ln_2 -> c_fc of 12 blocks
     assert summary["largest_channel_over_median"]["before"] > 30 > 3 > summary["largest_channel_over_median"]["after"]
 
@@ -69,7 +70,7 @@ def test_fp8_is_reported_on_the_same_models(folder, models, monkeypatch):
     monkeypatch.chdir(folder)
     fp8 = _make(folder, models["skewed"], "fp8", _profile(folder, "fp8", 0.99), "fp8")
     assert 0.998 < fp8.parity.cosine_mean < 0.9999  # measured 0.99938 (0.99941 without smoothing); int8 0.945
-    assert fp8.manifest["smoothing"]["pairs"] == 24 and fp8.manifest["method"] == "max"
+    assert fp8.manifest.smoothing["pairs"] == 24 and fp8.manifest.method == "max"
 
 
 def test_auto_exclude_keeps_the_skewed_sites_and_prints_profile_lines(folder, models, monkeypatch, capsys):

@@ -12,17 +12,26 @@ import pytest
 from PIL import Image
 
 from pe_export import artifacts
+from pe_export.artifacts import Digests
 from pe_export.errors import PeExportError, UsageError
+from pe_export.manifests import read_manifest
 from pe_export.model import ModelSource, load_model
 from pe_export.model.preprocess import preprocess_batch
-from pe_export.onnx.export import ExportOptions, ensure_onnx
+from pe_export.pipeline import Plan
+from pe_export.pipeline.commands import quantize_variant
+from pe_export.precision import quantize
 from pe_export.precision.calibration import load_calibration
-from pe_export.precision.profiles import find_profile, load_profile, profile_files
-from pe_export.precision.quantize import ensure_precision, make_precision, quantize_variant
+from pe_export.precision.profiles import ExportSection, Profile, find_profile, load_profile, profile_files
 from pe_export.runners.onnxruntime import OrtRunner
 from pe_export.validate import compare
 
 SPATIAL = "PE-Spatial-T16-512"
+
+
+def make_precision(loaded, precision, profile, calibration, output=None):
+    """The precision variant made anew from the profile's fp32 ONNX (made or reused)."""
+    plan = Plan.of(loaded, profile)
+    return quantize.make_precision(plan.fp32(), loaded, precision, profile, calibration, output, digests=plan.digests)
 
 
 def _profile(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:
@@ -162,7 +171,7 @@ def _ops(path):
 def test_fp16_keeps_layernorm_softmax_and_rope_in_fp32(made):
     result = made["fp16"]
     model = onnx.load(str(result.path))
-    assert result.manifest["qdq_nodes"] == {"QuantizeLinear": 0, "DequantizeLinear": 0}
+    assert result.manifest.qdq_nodes == {"QuantizeLinear": 0, "DequantizeLinear": 0}
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 I/O
     fp16_weights = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
     assert len(fp16_weights) >= 48  # every block's MatMul weights
@@ -183,7 +192,7 @@ def test_int8_and_fp8_have_qdq_where_expected(made, precision, zero_point_type, 
     result = made[precision]
     nodes = _ops(result.path)
     quants = [n for n in nodes if n.op_type == "QuantizeLinear"]
-    assert result.manifest["qdq_nodes"]["QuantizeLinear"] == len(quants) > 0
+    assert result.manifest.qdq_nodes["QuantizeLinear"] == len(quants) > 0
     model = onnx.load(str(result.path))
     inits = {i.name: i for i in model.graph.initializer}
     zero_points = [inits[n.input[2]] for n in quants if len(n.input) > 2 and n.input[2] in inits]
@@ -198,11 +207,11 @@ def test_int8_and_fp8_have_qdq_where_expected(made, precision, zero_point_type, 
     conv = next(n for n in nodes if n.op_type == "Conv")
     assert (conv.input[0] not in producers) == conv_excluded
     assert result.parity.passed and result.parity.cosine_mean >= 0.99
-    assert result.manifest["calibration"]["count"] == 8
-    assert result.manifest["method"] == {"int8": "entropy", "fp8": "max"}[precision]
+    assert result.manifest.calibration["count"] == 8
+    assert result.manifest.method == {"int8": "entropy", "fp8": "max"}[precision]
     # the profile asks for CUDA; without onnxruntime's CUDA provider calibration runs on CPU
     has_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-    assert result.manifest["calibration_provider"] == ("cuda" if has_cuda else "cpu")
+    assert result.manifest.calibration_provider == ("cuda" if has_cuda else "cpu")
 
 
 def test_calibration_provider_falls_back_to_cpu(monkeypatch):
@@ -223,13 +232,13 @@ def test_precision_artifact_matches_the_fixture(fixtures, made):
 def test_int8_calibrated_on_one_source_is_remade_for_another(spatial, profile, made, image_folder):
     steps: list[str] = []
     photos = profile.with_calibration(str(image_folder), 3)
-    result = ensure_precision(spatial, "int8", photos, progress=steps.append)
+    result = Plan.of(spatial, photos, steps.append).precision("int8")
     assert any(s.startswith(f"making {made['int8'].path} again: calibration.source, calibration.samples, "
                             "calibration_images changed") for s in steps)
-    assert result.manifest["calibration"]["source"] == str(image_folder) and result.manifest["calibration"]["count"] == 3
+    assert result.manifest.calibration["source"] == str(image_folder) and result.manifest.calibration["count"] == 3
     before = result.path.stat().st_mtime_ns
     steps.clear()
-    ensure_precision(spatial, "int8", photos, progress=steps.append)
+    Plan.of(spatial, photos, steps.append).precision("int8")
     assert f"reused {result.path} (same key)" in steps and result.path.stat().st_mtime_ns == before
 
 
@@ -255,19 +264,17 @@ def _flipped(key: dict, field: str) -> dict:
 @pytest.mark.parametrize("artifact, field", [("fp8", f) for f in PRECISION_KEY] + [("fp32", f) for f in EXPORT_KEY])
 def test_every_key_field_decides_reuse(made, artifact, field):
     manifest = made["fp8"].manifest
-    path = Path(manifest["source_onnx"]["path"]) if artifact == "fp32" else made["fp8"].path
-    key = artifacts.load_manifest(path)["key"]
+    path = Path(manifest.source_onnx.path) if artifact == "fp32" else made["fp8"].path
+    key = read_manifest(path).key
     assert sorted(artifacts.flat_key(key)) == sorted(EXPORT_KEY if artifact == "fp32" else PRECISION_KEY)
-    assert artifacts.reusable(path, key)[1] == "same key"
-    assert artifacts.reusable(path, _flipped(key, field)) == (None, f"{field} changed")
+    assert artifacts.reusable(path, key, Digests())[1] == "same key"
+    assert artifacts.reusable(path, _flipped(key, field), Digests()) == (None, f"{field} changed")
 
 
 def test_matching_fp32_onnx_is_reused_and_a_stale_one_refused(spatial, profile, made):
-    from pe_export.precision.quantize import export_options
-
-    fp32 = ensure_onnx(spatial, export_options(profile))
+    fp32 = Plan.of(spatial, profile).fp32()
     before = fp32.path.stat().st_mtime_ns
-    again = ensure_onnx(spatial, export_options(profile))
+    again = Plan.of(spatial, profile).fp32()
     assert again.path == fp32.path and fp32.path.stat().st_mtime_ns == before
     data = bytearray(fp32.path.read_bytes())
     data[-10] ^= 0xFF
@@ -308,8 +315,9 @@ def test_request_errors_come_before_loading(forbid_loading, tmp_path):
 
 
 def test_real_weights_refuse_synthetic_calibration_unless_asked(monkeypatch, forbid_loading, fixtures, tmp_path):
-    from pe_export.precision.quantize import sensitivity_variant
+    from pe_export.pipeline.commands import sensitivity_variant
 
+    monkeypatch.chdir(tmp_path)  # no artifacts of earlier tests to reuse: the weights must load
     forbid_loading("loaded weights before checking the request")
     real = ModelSource(SPATIAL, fixtures.checkpoint(SPATIAL))
     own = _profile(tmp_path, f"name: own\nvariant: {SPATIAL}\ncalibration: {{source: synthetic, samples: 8}}\n")
@@ -339,7 +347,7 @@ def test_qdq_layout_and_scales_match_modelopt(spatial, profile, tmp_path):
     from pe_export.precision import qdq
     from pe_export.precision.calibrate import activation_ranges
     from pe_export.onnx.export import export_onnx
-    from pe_export.precision.quantize import export_options
+    from pe_export.precision.spec import export_options
 
     fp32 = export_onnx(spatial, export_options(profile), tmp_path / "fp32.onnx").path
     section = profile.quantization.int8
@@ -384,7 +392,8 @@ def test_exported_graphs_run_without_onnxruntime_warnings(made, fixtures, tmp_pa
     monkeypatch.chdir(tmp_path)
     core = load_model("PE-Core-T16-384", fixtures.checkpoint("PE-Core-T16-384"))
     core_profile = load_profile(_profile(tmp_path, "name: core\nvariant: PE-Core-T16-384\nexport: {target: ort}\n"))
-    paths += [ensure_onnx(core, ExportOptions(target=t)).path for t in ("trt11", "jetson")]
+    paths += [Plan.of(core, Profile(name=t, variant=core.variant.name, export=ExportSection(target=t))).fp32().path
+              for t in ("trt11", "jetson")]
     paths.append(make_precision(core, "fp16", core_profile, None).path)
     capfd.readouterr()
     for path in paths:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pe_export import artifacts
+from pe_export.manifests import read_manifest
 
 SPATIAL = "PE-Spatial-T16-512"
 CLI = [sys.executable, "-m", "pe_export.cli"]
@@ -84,7 +85,7 @@ def test_two_runs_on_one_artifact_and_the_api_from_stdin(tmp_path):
     target = tmp_path / "m.int8.onnx"
     script = textwrap.dedent(f"""
         from pe_export.model import ModelSource
-        from pe_export.precision.quantize import quantize_variant
+        from pe_export.pipeline.commands import quantize_variant
         result = quantize_variant(ModelSource("{SPATIAL}", random_init=True), "int8", profile="{profile}",
                                   output="{target}")
         print("api cosine", result.parity.cosine_mean)
@@ -99,7 +100,7 @@ def test_two_runs_on_one_artifact_and_the_api_from_stdin(tmp_path):
     assert api.returncode == 0, api_err
     assert cli.returncode == 0, cli_err
     assert float(api_out.split("api cosine")[1]) >= 0.99 and "wrote" in cli_out
-    manifest = artifacts.load_manifest(target)
-    assert manifest and artifacts.files_match(target, manifest)
+    manifest = read_manifest(target)
+    assert manifest and artifacts.files_match(target, manifest, artifacts.Digests())
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith((".partial", "-inferred.onnx"))]
     assert os.listdir(tmp_path / "artifacts" / SPATIAL)  # the shared fp32 export survived both

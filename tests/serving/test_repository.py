@@ -3,14 +3,15 @@ tritonclient package's protobuf) and says what the artifact is; the served file 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from pe_export.artifacts import Digests
 from pe_export.cli import main
 from pe_export.errors import UsageError
+from pe_export.manifests import EngineManifest, seal, write_manifest
 from pe_export.model import load_model
 from pe_export.onnx import export as export_module
 from pe_export.onnx.export import ExportOptions, export_onnx
@@ -62,12 +63,13 @@ def test_onnx_repository_config_and_files(exported, tmp_path):
 def test_engine_repository_takes_its_profile(tmp_path):
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"plan")
-    manifest = {"kind": "tensorrt-engine", "variant": "PE-Lang-L14-448", "precision": "int8",
-                "settings": {"batch_min": 1, "batch_opt": 8, "batch_max": 32},
-                "inputs": [{"name": "pixel_values", "shape": [-1, 3, 448, 448], "dtype": "FLOAT"}],
-                "outputs": [{"name": "tokens", "shape": [-1, 1025, 1024], "dtype": "FLOAT"}],
-                "files": {"m.engine": {"bytes": 4, "sha256": ""}}}
-    (tmp_path / "m.engine.json").write_text(json.dumps(manifest))
+    fields = {"variant": "PE-Lang-L14-448", "precision": "int8", "tensorrt": "11.0.0",
+              "gpu": {"name": "NVIDIA H200", "compute_capability": "9.0"}, "timing_cache": None,
+              "settings": {"batch_min": 1, "batch_opt": 8, "batch_max": 32}, "options": {},
+              "source_onnx": {"path": "m.int8.onnx", "identity": "0" * 64}, "build_seconds": 1.0, "engine_bytes": 4,
+              "inputs": [{"name": "pixel_values", "shape": [-1, 3, 448, 448], "dtype": "FLOAT"}],
+              "outputs": [{"name": "tokens", "shape": [-1, 1025, 1024], "dtype": "FLOAT"}]}
+    write_manifest(tmp_path / "m.engine.json", EngineManifest(**seal(fields, {"onnx": "0" * 64}, Digests().files([engine]))))
     config = _parsed(model_repository(engine, tmp_path / "models", ServingOptions(instance_kind="cpu")).text)
     assert (config.platform, config.max_batch_size, list(config.dynamic_batching.preferred_batch_size)) == (
         "tensorrt_plan", 32, [8, 32])

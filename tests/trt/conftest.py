@@ -406,17 +406,18 @@ def plan_contents(path: Path) -> dict:
 
 
 @pytest.fixture(scope="session")
-def onnx_files(fixtures, tmp_path_factory) -> dict[str, Path]:
-    """PE-Spatial-T16-512 exported fused (trt11), decomposed (trt10) and with a static batch of 2."""
+def onnx_files(fixtures, tmp_path_factory) -> dict:
+    """PE-Spatial-T16-512 exported fused (trt11), decomposed (trt10) and with a static batch of 2 (each an
+    `ExportResult`: the file and its manifest, what an engine is built from)."""
     from pe_export.model import load_model
     from pe_export.onnx.export import ExportOptions, export_onnx
 
     folder = tmp_path_factory.mktemp("trt")
     loaded = load_model(SPATIAL, fixtures.checkpoint(SPATIAL))
     return {
-        "fused": export_onnx(loaded, ExportOptions(target="trt11"), folder / "fused.onnx").path,
-        "decomposed": export_onnx(loaded, ExportOptions(target="trt10"), folder / "decomposed.onnx").path,
-        "static": export_onnx(loaded, ExportOptions(target="trt10", batch=2), folder / "static.onnx").path,
+        "fused": export_onnx(loaded, ExportOptions(target="trt11"), folder / "fused.onnx"),
+        "decomposed": export_onnx(loaded, ExportOptions(target="trt10"), folder / "decomposed.onnx"),
+        "static": export_onnx(loaded, ExportOptions(target="trt10", batch=2), folder / "static.onnx"),
     }
 
 

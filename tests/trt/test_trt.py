@@ -3,20 +3,23 @@ failures real TensorRT reports; real builds where TensorRT and a GPU exist (mark
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
+from pathlib import Path
 
 import onnx
 import pytest
 
 from pe_export.errors import PeExportError, TensorRTUnavailable, UsageError
+from pe_export.manifests import EngineManifest, read_manifest
 from pe_export.model import ModelSource
+from pe_export.onnx.spec import ExportResult
+from pe_export.pipeline.commands import trt_variant
 from pe_export.precision.profiles import find_profile, load_profile
 from pe_export.runners.tensorrt import check_compatible
 from pe_export.runners.tensorrt_env import Gpu, import_tensorrt
 from pe_export.trt.build import BuildSettings, build_engine
-from pe_export.trt.engine import build_settings, covering_settings, ensure_engine, trt_variant
+from pe_export.trt.engine import build_settings, covering_settings, ensure_engine
 from pe_export.trt.timing_cache import cache_file
 from pe_export.validate import compare
 
@@ -48,7 +51,7 @@ def test_11x_build_maps_every_option(use_tensorrt, read_plan, onnx_files, tmp_pa
                              timing_cache=base, hardware_compat="ampere+", version_compatible=True)
     result = build_engine(onnx_files["fused"], settings, tmp_path / "e.engine", gpu=H200)
     assert ("create_network", 0) in trt.calls  # strongly typed is the only mode on 11.x
-    assert ("parse_from_file", str(onnx_files["fused"])) in trt.calls  # from the file: external data is found
+    assert ("parse_from_file", str(onnx_files["fused"].path)) in trt.calls  # from the file: external data is found
     plan = read_plan(result.path)
     assert plan["strongly_typed"] and plan["flags"] == ["TF32", "VERSION_COMPATIBLE"]  # precision lives in the graph
     assert plan["profile"] == {"pixel_values": [[1, 3, 512, 512], [4, 3, 512, 512], [16, 3, 512, 512]]}
@@ -58,7 +61,7 @@ def test_11x_build_maps_every_option(use_tensorrt, read_plan, onnx_files, tmp_pa
     assert meta["precision"] == "int8" and meta["engine_bytes"] == result.path.stat().st_size
     assert meta["inputs"] == [{"name": "pixel_values", "shape": [-1, 3, 512, 512], "dtype": "FLOAT"}]
     assert meta["outputs"][0]["shape"] == [-1, 1025, 192]
-    assert meta["onnx"]["sha256"] == hashlib.sha256(onnx_files["fused"].read_bytes()).hexdigest()
+    assert meta["source_onnx"] == {"path": str(onnx_files["fused"].path), "identity": onnx_files["fused"].manifest.identity}
     assert meta["settings"]["timing_cache"] == str(base) and meta["build_seconds"] >= 0
     keyed = tmp_path / "cache" / "tc.trt11.0.0.nvidia-h200-sm90.cache"
     assert meta["timing_cache"] == str(keyed) and not base.exists()
@@ -127,11 +130,13 @@ def test_parser_errors_name_the_nodes(use_tensorrt, onnx_files, tmp_path):
 def test_parser_reads_external_data(use_tensorrt, onnx_files, tmp_path):
     use_tensorrt("11.0.0")
     split = tmp_path / "split.onnx"
-    onnx.save(onnx.load(onnx_files["fused"]), split, save_as_external_data=True, location="split.onnx.data", size_threshold=0)
-    assert build_engine(split, BuildSettings(), tmp_path / "e.engine", gpu=H200).path.is_file()
+    onnx.save(onnx.load(onnx_files["fused"].path), split, save_as_external_data=True, location="split.onnx.data",
+              size_threshold=0)
+    resaved = ExportResult(split, onnx_files["fused"].manifest)  # the same graph, its weights beside it
+    assert build_engine(resaved, BuildSettings(), tmp_path / "e.engine", gpu=H200).path.is_file()
     (tmp_path / "split.onnx.data").unlink()
     with pytest.raises(PeExportError, match="could not parse split.onnx: node -1 \\(\\): failed to load the weights"):
-        build_engine(split, BuildSettings(), tmp_path / "f.engine", gpu=H200)
+        build_engine(resaved, BuildSettings(), tmp_path / "f.engine", gpu=H200)
     assert not (tmp_path / "f.engine").exists()
 
 
@@ -214,6 +219,11 @@ def test_version_compatible_engines_are_reused_forward_only(use_tensorrt, read_p
     assert _builds(older) == 1 and read_plan(tmp_path / "n.engine")["version"] == "11.0.0"  # 11.0 cannot run 11.1's
 
 
+def _engine(fields: dict) -> EngineManifest:
+    """An engine manifest holding only what the version rule reads."""
+    return EngineManifest.model_construct(**fields)
+
+
 @pytest.mark.parametrize("built, runtime, portable, runs", [
     ("10.13.0.35", "10.13.0.35", False, True),
     ("10.13.0.35", "10.15.1", False, False),
@@ -228,20 +238,20 @@ def test_which_tensorrt_runs_an_engine(built, runtime, portable, runs):
     meta = {"tensorrt": built, "gpu": {"name": "NVIDIA H200", "compute_capability": "9.0"},
             "settings": {"version_compatible": portable}}
     if runs:
-        check_compatible(meta, runtime, H200)
+        check_compatible(_engine(meta), runtime, H200)
     else:
         with pytest.raises(TensorRTUnavailable, match=f"built with TensorRT {built}, this is {runtime}"):
-            check_compatible(meta, runtime, H200)
+            check_compatible(_engine(meta), runtime, H200)
 
 
 def test_which_gpu_runs_an_engine():
     meta = {"tensorrt": "11.0.0", "gpu": {"name": "NVIDIA A100", "compute_capability": "8.0"}, "settings": {}}
     with pytest.raises(TensorRTUnavailable, match=r"built for NVIDIA A100 \(sm 8.0\), this GPU is NVIDIA H200 \(sm 9.0\)"):
-        check_compatible(meta, "11.0.0", H200)
+        check_compatible(_engine(meta), "11.0.0", H200)
     portable = {**meta, "settings": {"hardware_compat": "ampere+"}}
-    check_compatible(portable, "11.0.0", H200)
+    check_compatible(_engine(portable), "11.0.0", H200)
     with pytest.raises(TensorRTUnavailable, match="built for Ampere or newer GPUs, this GPU is Tesla T4"):
-        check_compatible(portable, "11.0.0", Gpu("Tesla T4", (7, 5)))
+        check_compatible(_engine(portable), "11.0.0", Gpu("Tesla T4", (7, 5)))
 
 
 # ---- settings and the whole command ----------------------------------------------------------------
@@ -271,9 +281,23 @@ def test_whole_trt_command_with_the_double(use_tensorrt, fixtures, tmp_path, mon
     result = trt_variant(source, "fp32", gpu=H200, batch_max=4, batch_opt=2)
     assert result.path.name == f"{SPATIAL}.trt11.engine" and result.path.is_file()
     assert (tmp_path / "artifacts" / SPATIAL / f"{SPATIAL}.trt11.onnx").is_file()  # made through the earlier stages
-    assert result.metadata["options"]["output"] == "tokens"
+    assert result.manifest.options["output"] == "tokens"
     again = trt_variant(source, "fp32", gpu=H200, batch_max=4, batch_opt=2)
     assert again.path == result.path and _builds(trt) == 1
+
+
+def test_an_engine_is_rebuilt_for_new_weights_upstream(use_tensorrt, tmp_path, monkeypatch):
+    """With the weights in external data (as L14's are), another seed's ONNX differs only in its .data
+    file: the engine keys on the ONNX's identity, so it is built again, saying why."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("pe_export.onnx.export.EXTERNAL_DATA_BYTES", 0)
+    trt = use_tensorrt("11.0.0")
+    said: list[str] = []
+    first = trt_variant(ModelSource(SPATIAL, random_init=True), "fp32", gpu=H200)
+    again = trt_variant(ModelSource(SPATIAL, random_init=True, seed=1), "fp32", gpu=H200, progress=said.append)
+    assert again.path == first.path and f"building {again.path} again: onnx changed" in said and _builds(trt) == 2
+    assert again.manifest.source_onnx.identity != first.manifest.source_onnx.identity
+    assert read_manifest(Path(again.manifest.source_onnx.path)).weights.seed == 1
 
 
 def test_a_precision_the_gpu_cannot_compute_is_refused_first(use_tensorrt, tmp_path, monkeypatch):
@@ -366,7 +390,7 @@ def test_every_engine_key_field_decides_reuse(use_tensorrt, onnx_files, tmp_path
     use_tensorrt("11.0.0")
     steps: list[str] = []
     path = ensure_engine(onnx_files["fused"], BuildSettings(), tmp_path / "e.engine", H200).path
-    key = artifacts.load_manifest(path)["key"]
+    key = read_manifest(path).key
     fields = sorted(artifacts.flat_key(key))
     assert fields == sorted(["onnx", *(f"settings.{name}" for name in BuildSettings().recorded())])
     for field in fields:
@@ -376,7 +400,7 @@ def test_every_engine_key_field_decides_reuse(use_tensorrt, onnx_files, tmp_path
             flipped[node][rest[0]] = ["changed"]
         else:
             flipped[node] = "changed"
-        assert artifacts.reusable(path, flipped) == (None, f"{field} changed")
+        assert artifacts.reusable(path, flipped, artifacts.Digests()) == (None, f"{field} changed")
     ensure_engine(onnx_files["fused"], BuildSettings(opt_level=1), path, H200, steps.append)
     assert steps[0] == f"building {path} again: settings.opt_level changed"
     steps.clear()

@@ -10,15 +10,18 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from pe_export.bench.backends import engine_artifact
 from pe_export.bench.bench import BenchSettings, run_bench
 from pe_export.bench.parity import run_parity
 from pe_export.errors import PeExportError, TensorRTUnavailable, UsageError
 from pe_export.model import ModelSource, load_model
+from pe_export.onnx.spec import ExportResult
+from pe_export.pipeline import Plan
+from pe_export.pipeline.commands import trt_variant
 from pe_export.precision.profiles import load_profile
 from pe_export.runners.tensorrt import TrtRunner
 from pe_export.runners.tensorrt_env import Gpu
 from pe_export.trt.build import BuildSettings, build_engine
-from pe_export.trt.engine import engine_for_batches, trt_variant
 
 SPATIAL = "PE-Spatial-T16-512"
 H200 = Gpu("NVIDIA H200", (9, 0))
@@ -93,7 +96,7 @@ def test_engines_the_runtime_cannot_load(use_tensorrt, onnx_files, host_memory, 
         TrtRunner(plain, gpu=H200, memory=host_memory)
 
 
-def test_engine_io_types_come_from_the_onnx(use_tensorrt, host_memory, engine_output, tmp_path):
+def test_engine_io_types_come_from_the_onnx(use_tensorrt, host_memory, engine_output, onnx_files, tmp_path):
     """A half-precision I/O graph gives a HALF engine; the runner feeds fp16 and returns fp32."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT16, [-1, 3, 8, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT16, [-1, 4, 6])
@@ -101,8 +104,9 @@ def test_engine_io_types_come_from_the_onnx(use_tensorrt, host_memory, engine_ou
     path = tmp_path / "half.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     use_tensorrt("11.0.0")
-    result = build_engine(path, BuildSettings(batch_max=2), tmp_path / "half.engine", H200)
-    assert [t["dtype"] for t in result.metadata["inputs"] + result.metadata["outputs"]] == ["HALF", "HALF"]
+    stand_in = ExportResult(path, onnx_files["fused"].manifest)  # an upstream to key on; the network is the file's
+    result = build_engine(stand_in, BuildSettings(batch_max=2), tmp_path / "half.engine", H200)
+    assert [t.dtype for t in result.manifest.inputs + result.manifest.outputs] == ["HALF", "HALF"]
     with TrtRunner(result.path, gpu=H200, memory=host_memory) as runner:
         batch = _images(2, 8)
         assert runner.input_dtype == np.float16 and runner.output_dtype == np.float16
@@ -120,7 +124,7 @@ def test_parity_and_latency_run_one_engine(use_tensorrt, gpu_machine, fixtures, 
     source = ModelSource(SPATIAL, fixtures.checkpoint(SPATIAL))
     built = trt_variant(source, "fp32", profile=profile_file)
     loaded = load_model(SPATIAL, fixtures.checkpoint(SPATIAL))
-    for_parity = engine_for_batches(loaded, "fp32", load_profile(profile_file), [1, 2]).path
+    for_parity = engine_artifact(Plan.of(loaded, load_profile(profile_file)), "fp32", [1, 2])
     assert for_parity == built.path
     row = run_parity(loaded, [for_parity], synthetic=3).results[0]
     assert row.backend == "tensorrt" and row.passed is False  # the double computes no PE: it fails honestly
