@@ -94,9 +94,9 @@ def openvino_ir(
     """
     from pe_export.pipeline.commands import openvino_variant
 
-    with console.status("checking the request") as status:
+    with stages("checking the request") as progress:
         result = openvino_variant(source, precision, profile=profile, calib=calib, samples=samples, output=output,
-                                  progress=status.update)
+                                  progress=progress)
     m, row = result.manifest, result.parity
     console.print(f"[green]{'reused' if result.reused else 'wrote'}[/] {result.path} ({m.precision}, float ops in "
                   f"{m.inference_precision}, {m.file_bytes() / 2**20:.1f} MiB, OpenVINO {m.versions['openvino']}, "
