@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,3 +83,13 @@ def forbid_loading(monkeypatch):
 
     return forbid
 
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def interruptible() -> dict:
+    """Popen arguments for a child that a test sends SIGINT. A suite started in the background (`cmd &`)
+    hands its children SIGINT ignored, which the CLI rightly keeps; the child restores the default."""
+    return {"preexec_fn": _default_sigint}

@@ -271,7 +271,7 @@ def test_long_steps_are_lines_with_their_time(capsys, tmp_path):
     assert all(s.endswith(" s)") for s in steps)
 
 
-def test_ctrl_c_says_interrupted_and_leaves_nothing(tmp_path):
+def test_ctrl_c_says_interrupted_and_leaves_nothing(tmp_path, interruptible):
     import signal
     import subprocess
     import sys
@@ -279,7 +279,7 @@ def test_ctrl_c_says_interrupted_and_leaves_nothing(tmp_path):
 
     run_ = subprocess.Popen([sys.executable, "-m", "pe_export.cli", "onnx", "-v", "PE-Spatial-T16-512", "--random-init",
                              "-o", str(tmp_path / "out" / "m.onnx")], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, **interruptible)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not run_.stdout.readline().startswith("✓ loading weights"):
         pass

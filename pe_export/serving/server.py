@@ -18,6 +18,7 @@ import contextlib
 import functools
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import socket
@@ -47,7 +48,8 @@ GET_TRITON = ("pip install --no-deps nvidia-pytriton==0.7.0 (its bundled server;
               f"is for its Python API, which pe-export does not use), or name a tritonserver binary with --tritonserver or ${TRITONSERVER_ENV}")
 SHM = Path("/dev/shm")
 STOP_SECONDS = 15  # SIGTERM lets Triton unload its models; past this, what is left is killed
-LOG_TAIL = 15  # server log lines shown when it dies
+LOG_TAIL = 15  # server log lines shown when it dies and says no error of its own
+TRITON_ERROR = re.compile(r"^E\d{4} [\d:.]+ +\d+ [^\]]+\] ")  # glog's error prefix: E1203 12:00:00.123 42 file.cc:10]
 
 
 class ServerSettings(BaseModel):
@@ -100,14 +102,22 @@ class Server:
         return self.folder / "tritonserver.log"
 
     def wait(self, stop: threading.Event) -> None:
-        """Block until `stop` is set; an error with the log's last lines if the server dies first."""
+        """Block until `stop` is set; an error with Triton's own words if the server dies first."""
         while not stop.wait(0.5):
             if self.process.poll() is not None:
-                raise ToolFailed(f"Triton stopped (exit code {self.process.returncode}); {self.log_tail()}")
+                raise self.failure(f"Triton stopped (exit code {self.process.returncode})")
 
-    def log_tail(self) -> str:
-        lines = self.log.read_text(errors="replace").splitlines() if self.log.is_file() else []
-        return "its last log lines:\n" + "\n".join(lines[-LOG_TAIL:])
+    def failure(self, what: str) -> ToolFailed:
+        """`what` happened, said with Triton's own error (the models that failed to load, else its error
+        lines, else its last lines) and a kept copy of the whole log, since the server's folder goes."""
+        text = self.log.read_text(errors="replace") if self.log.is_file() else ""
+        kept = Path(tempfile.gettempdir()) / f"pe-export-serve-{self.model}-{os.getpid()}.log"
+        kept.write_text(text)
+        # glog quotes a multi-line message on one line: its first line is the error, the rest a traceback
+        errors = [TRITON_ERROR.sub("", line).strip('"').split("\\n")[0]
+                  for line in text.splitlines() if TRITON_ERROR.match(line)]
+        said = list(dict.fromkeys([e for e in errors if "failed to load" in e] or errors)) or text.splitlines()[-LOG_TAIL:]
+        return ToolFailed(f"{what}; Triton said:\n  " + "\n  ".join(said) + f"\nthe full log: {kept}")
 
 
 def find_triton(explicit: Optional[Path] = None) -> TritonInstall:
@@ -223,7 +233,9 @@ def _start(install: TritonInstall, folder: Path, settings: ServerSettings, prefi
     env = dict(os.environ)
     # The stub embeds the Python it finds through libpython: this interpreter's LIBDIR first, or a pyenv
     # build's stub loads the system libpython3.x and fails ('_thread.RLock' object has no attribute
-    # '_recursion_count'). PYTHONPATH: model.py imports this very pe_export.
+    # '_recursion_count'). Its site-packages come from the first python on PATH, so this one's goes first
+    # (pe-export may run from a venv nobody activated); PYTHONPATH: model.py imports this very pe_export.
+    env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.exec_prefix) / "bin"), env.get("PATH")) if p)
     libraries = [*map(str, install.libraries), sysconfig.get_config_var("LIBDIR") or "", env.get("LD_LIBRARY_PATH", "")]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libraries if p)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(pe_export.__file__).parents[1]), env.get("PYTHONPATH")) if p)
@@ -246,13 +258,12 @@ def _wait_ready(server: Server) -> None:
     deadline = time.monotonic() + server.settings.start_seconds
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise ToolFailed(f"Triton stopped while loading {server.model} (exit code {server.process.returncode}); "
-                                f"{server.log_tail()}")
+            raise server.failure(f"Triton stopped while loading {server.model} (exit code {server.process.returncode})")
         with contextlib.suppress(OSError):
             with urllib.request.urlopen(f"http://127.0.0.1:{server.settings.http_port}/v2/health/ready", timeout=2):
                 return  # 200: every model loaded
         time.sleep(0.2)
-    raise ToolFailed(f"Triton was not ready after {server.settings.start_seconds:.0f} s; {server.log_tail()}")
+    raise server.failure(f"Triton was not ready after {server.settings.start_seconds:.0f} s")
 
 
 def stop(process: subprocess.Popen) -> None:

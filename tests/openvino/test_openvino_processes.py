@@ -70,10 +70,10 @@ def _gone(pid: int, seconds: float = 15) -> bool:
     return False
 
 
-def _export(folder: Path) -> subprocess.Popen:
+def _export(folder: Path, **popen) -> subprocess.Popen:
     return subprocess.Popen([*CLI, "openvino", "-v", SPATIAL, "--random-init", "--precision", "fp32", "-o", "out/m.xml"],
                             cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, **popen)
 
 
 def test_a_killed_export_takes_its_worker_along_and_the_next_run_removes_its_staging(tmp_path):
@@ -91,8 +91,8 @@ def test_a_killed_export_takes_its_worker_along_and_the_next_run_removes_its_sta
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["m.bin", "m.xml", "m.xml.json"]
 
 
-def test_ctrl_c_during_the_conversion_stops_both_processes_and_writes_nothing(tmp_path):
-    run = _export(tmp_path)
+def test_ctrl_c_during_the_conversion_stops_both_processes_and_writes_nothing(tmp_path, interruptible):
+    run = _export(tmp_path, **interruptible)
     try:
         worker = _worker(run.pid, "ir")
         os.killpg(run.pid, signal.SIGINT)  # as a terminal sends it: to the whole process group
