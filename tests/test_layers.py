@@ -1,4 +1,4 @@
-"""The package's layers, as the README's layout section states them: no module imports a module of a
+"""The package's layers, as the docs' layout page (docs/layout.md) states them: no module imports a module of a
 higher layer or a later stage, lazy imports included, and no two parts import each other."""
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ RANKS = {
     "pipeline": 10,  # one command's chain over the stages, and the commands that ask it for an artifact
     "bench": 11,
     "cli": 12,
+    "api": 12,  # the package root's public names, each imported from its module on first use
 }
 
 
@@ -62,7 +63,7 @@ def _edges() -> list[tuple[str, str, str]]:
     """(importer part, imported part, where) for every import between two parts of the package."""
     edges = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        importer = _part(_module_name(path))
+        importer = "api" if path == PACKAGE / "__init__.py" else _part(_module_name(path))
         for name, line in _imports(path):
             imported = _part(name)
             if imported != importer:
@@ -76,7 +77,7 @@ def _parts() -> set[str]:
 
 
 def test_every_part_has_a_layer():
-    assert _parts() - RANKS.keys() == set(), "place the new part of pe_export in RANKS (and the README's layout)"
+    assert _parts() - RANKS.keys() == set(), "place the new part of pe_export in RANKS (and docs/layout.md)"
 
 
 def test_no_import_reaches_up_or_forward():
@@ -113,3 +114,22 @@ def test_the_walk_sees_module_level_and_lazy_imports(tmp_path, monkeypatch, plan
     convert.write_text(planted + convert.read_text())
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", copy)
     assert _violations() == [f"pe_export/{expected}"]
+
+
+def test_the_public_api_is_the_library_functions_and_imports_nothing_heavy():
+    import subprocess
+
+    import pe_export
+    from pe_export.pipeline import commands
+
+    # the root's names are the library's own functions, the ones the commands call
+    assert pe_export.quantize_variant is commands.quantize_variant and pe_export.trt_variant is commands.trt_variant
+    assert [getattr(pe_export, name) for name in pe_export._API] and sorted(dir(pe_export)) == sorted(pe_export.__all__)
+    assert {"export_variant", "quantize_variant", "trt_variant", "openvino_variant", "parity_variant",
+            "bench_variant", "model_repository", "running_server", "run_loadtest"} <= set(pe_export.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'quantise'"):
+        pe_export.quantise  # noqa: B018
+    loaded = subprocess.run([sys.executable, "-c", "import sys, pe_export; pe_export.ModelSource; "
+                             "print(sorted(m for m in ('torch', 'onnxruntime', 'openvino') if m in sys.modules))"],
+                            capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

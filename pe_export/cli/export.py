@@ -91,6 +91,8 @@ def check(
     Follows the ONNX parser of each TensorRT release (highest opset, RotaryEmbedding from 10.15,
     Attention from 10.14 and single-output only), and flags com.microsoft and other non-standard
     ops, If/Loop, complex types and missing external data. Many nodes with one problem are one line.
+
+    Example: pe-export check artifacts/PE-Lang-L14-448/PE-Lang-L14-448.trt11.onnx --target trt10.8
     """
     from pe_export.onnx.check import check_onnx
 

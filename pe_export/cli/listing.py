@@ -16,7 +16,10 @@ JsonOpt = Annotated[bool, flag("--json", help="Print the data as JSON.")]
 
 
 def variants(as_json: JsonOpt = False) -> None:
-    """List every PE vision variant with its size and cost."""
+    """List every PE vision variant with its size and cost.
+
+    Example: pe-export variants --json
+    """
     from pe_export.variants import VARIANTS
 
     records = [{"name": v.name, "alias": v.alias or "", "family": v.family, "image": v.image_size,

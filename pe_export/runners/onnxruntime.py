@@ -22,7 +22,8 @@ def require_provider(provider: str) -> str:
     if wanted not in ort.get_available_providers():
         raise Unavailable(
             f"onnxruntime here has no {wanted} (it has {', '.join(ort.get_available_providers())}); "
-            "install onnxruntime-gpu for the CUDA and TensorRT providers"
+            "install the gpu extra (pip install 'pe-export[gpu]', which brings onnxruntime-gpu) for the CUDA and "
+            "TensorRT providers"
         )
     return wanted
 
