@@ -38,11 +38,15 @@ def open_image(image: ImageLike) -> Image.Image:
         raise UsageError(f"cannot read image {path}: {exc}") from exc
 
 
+def normalize(picture: Image.Image) -> torch.Tensor:
+    """An RGB image as it is, a (3, H, W) float32 tensor in [-1, 1]."""
+    array = np.asarray(picture, dtype=np.float32) / 255.0
+    return torch.from_numpy((array - MEAN) / STD).permute(2, 0, 1).contiguous()
+
+
 def preprocess(image: ImageLike, size: int, interpolation: Interpolation = "bilinear") -> torch.Tensor:
     """One image as a (3, size, size) float32 tensor in [-1, 1]."""
-    resized = open_image(image).resize((size, size), _RESAMPLE[interpolation])
-    array = np.asarray(resized, dtype=np.float32) / 255.0
-    return torch.from_numpy((array - MEAN) / STD).permute(2, 0, 1).contiguous()
+    return normalize(open_image(image).resize((size, size), _RESAMPLE[interpolation]))
 
 
 def preprocess_batch(
