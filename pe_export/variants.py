@@ -117,6 +117,9 @@ VARIANTS: tuple[Variant, ...] = (
             "vit_pe_lang_large_patch14_448", alias="L14"),
     _tokens("Lang", "PE-Lang-G14-448", 448, 14, 1536, 47, 16, 8960, 0.1,
             "vit_pe_lang_gigantic_patch14_448", cls=False, alias="G14"),
+    # the Lang architectures with weights aligned with tiling (PerceptionLM's inputs); timm has no names for them
+    _tokens("Lang", "PE-Lang-L14-448-Tiling", 448, 14, 1024, 23, 16, 4096, 0.1, ""),
+    _tokens("Lang", "PE-Lang-G14-448-Tiling", 448, 14, 1536, 47, 16, 8960, 0.1, "", cls=False),
     _tokens("Spatial", "PE-Spatial-T16-512", 512, 16, 192, 12, 3, 768, None, "vit_pe_spatial_tiny_patch16_512"),
     _tokens("Spatial", "PE-Spatial-S16-512", 512, 16, 384, 12, 6, 1536, None, "vit_pe_spatial_small_patch16_512"),
     _tokens("Spatial", "PE-Spatial-B16-512", 512, 16, 768, 12, 12, 3072, None, "vit_pe_spatial_base_patch16_512"),

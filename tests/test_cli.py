@@ -25,7 +25,7 @@ def test_variants_table(capsys, monkeypatch):
     code, out, _ = run(capsys, "variants")
     assert code == 0
     assert "PE-Lang-L14-448" in out and "291,415,040" in out and "346.7" in out
-    assert out.count("PE-") == 12
+    assert out.count("PE-") == 14 and "PE-Lang-L14-448-Tiling" in out
 
 
 def test_info_with_checkpoint(fixtures, capsys, monkeypatch):

@@ -13,6 +13,9 @@ SPEC = {
     "PE-Core-G14-448": (448, 14, 1536, 50, 16, 96, 1_882_032_640, 1024),
     "PE-Lang-L14-448": (448, 14, 1024, 23, 16, 64, 291_415_040, 1025),
     "PE-Lang-G14-448": (448, 14, 1536, 47, 16, 96, 1_740_922_624, 1024),
+    # PLM's towers: PE_SPEC's Lang architectures with other weights (Meta's config.py aliases them)
+    "PE-Lang-L14-448-Tiling": (448, 14, 1024, 23, 16, 64, 291_415_040, 1025),
+    "PE-Lang-G14-448-Tiling": (448, 14, 1536, 47, 16, 96, 1_740_922_624, 1024),
     "PE-Spatial-T16-512": (512, 16, 192, 12, 3, 64, 5_683_200, 1025),
     "PE-Spatial-S16-512": (512, 16, 384, 12, 6, 64, 21_983_232, 1025),
     "PE-Spatial-B16-512": (512, 16, 768, 12, 12, 64, 86_433_792, 1025),
@@ -71,3 +74,6 @@ def test_default_outputs_and_hub_files():
     assert get_variant("L14").default_output == "tokens"
     assert get_variant("L14").hub_repo == "facebook/PE-Lang-L14-448"
     assert get_variant("L14").hub_filename == "PE-Lang-L14-448.pt"
+    tiling = get_variant("pe-lang-g14-448-tiling")
+    assert (tiling.hub_repo, tiling.hub_filename) == ("facebook/PE-Lang-G14-448-Tiling", "PE-Lang-G14-448-Tiling.pt")
+    assert get_variant("facebook/PE-Lang-L14-448-Tiling").name == "PE-Lang-L14-448-Tiling"
