@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from pe_export.errors import UsageError
 
-Family = Literal["Core", "Lang", "Spatial"]
-OutputKind = Literal["tokens", "pooled"]
+Family = Literal["Core", "Lang", "Spatial", "PLM"]
+OutputKind = Literal["tokens", "pooled", "image_features"]
 
 POOLER_HEADS = 8
 POOLER_MLP_RATIO = 4
@@ -34,6 +34,12 @@ class Variant:
     proj_dim: int | None
     timm_name: str
     alias: str | None = None
+    projector_dim: int | None = None  # PLM: the tower feeds a projector to this LLM width
+
+    @property
+    def output_tokens(self) -> int:
+        """Tokens per image of the default output: PLM's projector averages 2x2 patches."""
+        return (self.grid // 2) ** 2 if self.projector_dim else self.tokens
 
     @property
     def head_dim(self) -> int:
@@ -53,15 +59,16 @@ class Variant:
 
     @property
     def default_output(self) -> OutputKind:
-        return "pooled" if self.attn_pool else "tokens"
+        return "image_features" if self.projector_dim else "pooled" if self.attn_pool else "tokens"
 
     @property
     def hub_repo(self) -> str:
-        return f"facebook/{self.name}"
+        return f"facebook/Perception-LM-{self.name.removeprefix('PLM-')}" if self.family == "PLM" else f"facebook/{self.name}"
 
     @property
     def hub_filename(self) -> str:
-        return f"{self.name}.pt"
+        # PLM's hub repos hold Hugging Face's format (the tower and projector are read from it, not the LLM)
+        return "model.safetensors" if self.family == "PLM" else f"{self.name}.pt"
 
     @property
     def parameters(self) -> int:
@@ -79,6 +86,9 @@ class Variant:
             total += w + (3 * w * w + 3 * w) + (w * w + w) + 2 * w + (pm * w + pm) + (w * pm + w)
         if self.proj_dim:
             total += w * self.proj_dim
+        if self.projector_dim:
+            d = self.projector_dim
+            total += (w * d + d) + (d * d + d)
         return total
 
     @property
@@ -92,6 +102,8 @@ class Variant:
             total += w * w + 2 * n * w * w + 2 * n * w + w * w + 2 * pm * w
         if self.proj_dim:
             total += w * self.proj_dim
+        if self.projector_dim:  # both Linears on every patch token, as Meta's projector computes them
+            total += self.patches * (w + self.projector_dim) * self.projector_dim
         return total
 
     @property
@@ -126,6 +138,19 @@ VARIANTS: tuple[Variant, ...] = (
     _tokens("Spatial", "PE-Spatial-L14-448", 448, 14, 1024, 24, 16, 4096, None, "vit_pe_spatial_large_patch14_448"),
     _tokens("Spatial", "PE-Spatial-G14-448", 448, 14, 1536, 50, 16, 8960, 0.1,
             "vit_pe_spatial_gigantic_patch14_448", cls=False),
+)
+
+
+def _plm(name: str, tower: str, dim: int) -> Variant:
+    """A PerceptionLM vision model: the tower's tokens without the class token, then the projector."""
+    return replace(next(v for v in VARIANTS if v.name == tower), name=name, family="PLM", timm_name="", alias=None,
+                   projector_dim=dim)
+
+
+VARIANTS += (
+    _plm("PLM-1B", "PE-Lang-L14-448", 2048),
+    _plm("PLM-3B", "PE-Lang-L14-448", 3072),
+    _plm("PLM-8B", "PE-Lang-G14-448", 4096),
 )
 
 
@@ -166,7 +191,9 @@ def check_output(variant: Variant, output: OutputKind, layer: int, strip_cls: bo
     """Refuse combinations the variant cannot give, naming the flag to change."""
     if output == "pooled" and not variant.attn_pool:
         raise UsageError(f"{variant.name} has no attention pooler; use --features tokens")
-    if output == "pooled" and (layer != -1 or strip_cls):
+    if output == "image_features" and not variant.projector_dim:
+        raise UsageError(f"{variant.name} has no projector; image_features are PLM's (use --features tokens)")
+    if output != "tokens" and (layer != -1 or strip_cls):
         raise UsageError("--layer and --strip-cls apply to --features tokens only")
     if not -variant.layers <= layer < variant.layers:
         raise UsageError(f"--layer {layer} is out of range for {variant.layers} blocks")

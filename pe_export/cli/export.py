@@ -48,7 +48,7 @@ def onnx_export(
     attention: Annotated[Optional[str], LOWERING.option(help="Attention as one Attention node (fused, opset 23) or MatMul-Softmax-MatMul (decomposed).")] = None,
     batch: Annotated[str, typer.Option(help="'dynamic' (the default) or one static size N.")] = "dynamic",
     features: Annotated[
-        Optional[str], OUTPUT.option("--features", help="What the model gives: tokens (default for Lang/Spatial) or pooled (Core: attention-pooled and projected).")
+        Optional[str], OUTPUT.option("--features", help="What the model gives: tokens (default for Lang/Spatial), pooled (Core: attention-pooled and projected) or image_features (PLM: 256 projected tokens per tile).")
     ] = None,
     layer: Annotated[int, typer.Option(help="Take the tokens after this block (negative counts from the end).")] = -1,
     strip_cls: Annotated[bool, flag("--strip-cls", help="Drop the class token from the tokens (what PLM feeds its LLM).")] = False,

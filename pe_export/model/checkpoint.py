@@ -20,6 +20,10 @@ from pe_export.variants import VARIANTS, Variant
 StateDict = dict[str, torch.Tensor]
 
 _WRAPPERS = ("state_dict", "weights", "model")
+_LLM_PREFIXES = ("model.language_model.", "lm_head.")  # Hugging Face PerceptionLM: the LLM, never loaded
+_HF_PLM_TOWER = "model.vision_tower.timm_model."
+_HF_PLM_PROJECTOR = {"model.multi_modal_projector.linear_1.": "vision_projector.projector.0.",
+                     "model.multi_modal_projector.linear_2.": "vision_projector.projector.2."}
 _TIMM_RENAMES: tuple[tuple[str, str], ...] = (
     (r"^patch_embed\.proj\.", "conv1."),
     (r"^norm_pre\.", "ln_pre."),
@@ -47,11 +51,11 @@ def read_checkpoint(path: Path) -> StateDict:
 
 
 def _read_safetensors(path: Path) -> StateDict:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError, safe_open
 
     try:
-        return load_file(path)
+        with safe_open(path, framework="pt") as file:  # tensor by tensor: a VLM's LLM weights are never read
+            return {k: file.get_tensor(k) for k in file.keys() if not k.startswith(_LLM_PREFIXES)}
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read {path} as safetensors: {_first_line(exc)}") from exc
 
@@ -90,13 +94,27 @@ def _unwrap(raw: object, path: Path) -> StateDict:
 
 
 def normalize_keys(state: StateDict, path: Path) -> StateDict:
-    """Strip `module.`, keep only the vision tower of CLIP files, and map timm names to Meta's."""
+    """Strip `module.`, keep only the vision tower of CLIP files and the tower and projector of
+    PerceptionLM's (Meta's or Hugging Face's; its LLM is dropped unread), and map timm names to Meta's."""
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if any(k.startswith("visual.") for k in state):
         state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
+    if any(k.startswith("vision_model.") for k in state):
+        state = {k.removeprefix("vision_model."): v for k, v in state.items()
+                 if k.startswith(("vision_model.", "vision_projector."))}
+    if any(k.startswith(_HF_PLM_TOWER) for k in state):
+        return _from_hf_plm(state, path)
     if "patch_embed.proj.weight" in state:
         state = _from_timm(state, path)
     return state
+
+
+def _from_hf_plm(state: StateDict, path: Path) -> StateDict:
+    """Hugging Face's PerceptionLM: the tower in timm's names, the projector as linear_1/linear_2."""
+    tower = _from_timm({k.removeprefix(_HF_PLM_TOWER): v for k, v in state.items() if k.startswith(_HF_PLM_TOWER)}, path)
+    projector = {new + k.removeprefix(old): v for k, v in state.items()
+                 for old, new in _HF_PLM_PROJECTOR.items() if k.startswith(old)}
+    return {**tower, **projector}
 
 
 def _from_timm(state: StateDict, path: Path) -> StateDict:

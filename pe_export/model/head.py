@@ -1,5 +1,5 @@
 """Which output of the tower an artifact carries: tokens (of any block, with or without the class
-token) or the pooled, projected embedding of Core variants."""
+token), the pooled, projected embedding of Core variants, or PLM's projected image features."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ class OutputHead(torch.nn.Module):
         super().__init__()
         check_output(model.variant, output, layer, strip_cls)
         self.model = model
-        self.pooled = output == "pooled"
+        self.output = output
         self.layer = layer
         # ln_post belongs to the last block's output only
         self.norm = layer % model.variant.layers == model.variant.layers - 1
@@ -30,8 +30,10 @@ class OutputHead(torch.nn.Module):
                    options.get("strip_cls", False))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if self.pooled:
+        if self.output == "pooled":
             return self.model.forward_pooled(pixel_values)
+        if self.output == "image_features":
+            return self.model.forward_image_features(pixel_values)
         return self.model.forward_features(
             pixel_values, norm=self.norm, layer_idx=self.layer, strip_cls_token=self.strip_cls
         )

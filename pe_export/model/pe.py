@@ -110,8 +110,32 @@ class AttentionPool(nn.Module):
         return pooled.squeeze(1)
 
 
+class Projector(nn.Module):
+    """PerceptionLM's vision projector: Linear(W, D), exact GELU, Linear(D, D) on every token, then the
+    2x2 mean over the row-major token grid. With `pool_first` the mean is taken before the second
+    Linear, which it commutes with: the same function with a quarter of that GEMM (the export's form)."""
+
+    def __init__(self, width: int, dim: int, pool_first: bool = True):
+        super().__init__()
+        self.projector = nn.Sequential(nn.Linear(width, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.pool_first = pool_first
+
+    @staticmethod
+    def _pool(x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        side = int(tokens**0.5)
+        grid = x.transpose(1, 2).reshape(batch, dim, side, side)
+        return F.avg_pool2d(grid, 2).flatten(2).transpose(1, 2)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        first, gelu, second = self.projector
+        hidden = gelu(first(tokens))
+        return second(self._pool(hidden)) if self.pool_first else self._pool(second(hidden))
+
+
 class PEVisionTower(nn.Module):
-    """PE vision encoder. `forward` gives the variant's default output (pooled for Core, tokens otherwise)."""
+    """PE vision encoder. `forward` gives the variant's default output (pooled for Core, PLM's image
+    features for PLM, tokens otherwise)."""
 
     def __init__(self, variant: Variant):
         super().__init__()
@@ -128,6 +152,8 @@ class PEVisionTower(nn.Module):
             self.attn_pool = AttentionPool(w)
         if variant.proj_dim:
             self.proj = nn.Parameter(torch.empty(w, variant.proj_dim))
+        if variant.projector_dim:  # named as in PLM's checkpoints: vision_projector.projector.{0,2}
+            self.vision_projector = Projector(w, variant.projector_dim)
         # Tables are made on the CPU even when the module is built on the meta device, so a model
         # built empty and filled with `load_state_dict(assign=True)` is complete.
         cos, sin = rope_tables(variant.head_dim, variant.grid, variant.grid, variant.cls_token, torch.device("cpu"))
@@ -178,7 +204,15 @@ class PEVisionTower(nn.Module):
         pooled = self.attn_pool(self.forward_features(x, norm=True))
         return pooled @ self.proj
 
+    def forward_image_features(self, x: torch.Tensor) -> torch.Tensor:
+        """PLM only: the last block's tokens without the class token, projected: (B, 256, D) at 448 px."""
+        if not self.variant.projector_dim:
+            raise ValueError(f"{self.variant.name} has no projector; use tokens")
+        return self.vision_projector(self.forward_features(x, norm=True, strip_cls_token=True))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.variant.projector_dim:
+            return self.forward_image_features(x)
         if self.variant.attn_pool:
             return self.forward_pooled(x)
         return self.forward_features(x, norm=True)

@@ -1,0 +1,123 @@
+"""PerceptionLM's vision model: the PE-Lang tower's tokens through PLM's projector, against Meta's
+`MLPProjector` (references in plm_projector/, made with Meta's code), loaded from Meta's and Hugging
+Face's checkpoint formats (the LLM's weights skipped), and exported to one ONNX graph."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pe_export.model import load_model
+from pe_export.model.pe import Projector
+from pe_export.variants import get_variant
+from pe_export.validate import compare
+
+HERE = Path(__file__).resolve().parent / "plm_projector"
+_spec = importlib.util.spec_from_file_location("make_projector_reference", HERE / "make_reference.py")
+reference = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(reference)
+REFERENCE = np.load(HERE / "reference.npz")
+# PLM's shape on the T16 fixture tower: 1024 patch tokens after the class token, 256 out, D 64
+PLM_T16 = dataclasses.replace(get_variant("PE-Spatial-T16-512"), name="PLM-T16", family="PLM", projector_dim=64,
+                              timm_name="")
+
+
+def _projector(width: int, dim: int, seed: int, pool_first: bool) -> Projector:
+    projector = Projector(width, dim, pool_first)
+    projector.load_state_dict({k.removeprefix("vision_projector."): v
+                               for k, v in reference.projector_weights(width, dim, seed).items()})
+    return projector.eval()
+
+
+@pytest.mark.parametrize("pool_first", [True, False])
+@pytest.mark.parametrize("case", ["d2048", "d3072"])
+def test_the_projector_is_metas_at_plm_widths(case, pool_first):
+    width, dim, seed = reference.CASES[case]
+    with torch.no_grad():
+        out = _projector(width, dim, seed, pool_first)(reference.tokens(seed, width))
+    assert out.shape == (1, 256, dim)
+    np.testing.assert_allclose(out[reference.SAMPLE].numpy(), REFERENCE[f"{case}/sample"], rtol=0, atol=2e-5)
+    np.testing.assert_allclose(out.double().sum(-1).numpy(), REFERENCE[f"{case}/sums"], rtol=0, atol=2e-3)
+
+
+def _meta_checkpoint(fixtures, path: Path) -> Path:
+    """PLM's consolidated.pth layout: vision_model.*, vision_projector.*, and LLM keys to be skipped."""
+    tower = torch.load(fixtures.checkpoint("PE-Spatial-T16-512"), weights_only=True)
+    state = {**{f"vision_model.{k}": v for k, v in tower.items()}, **reference.projector_weights(192, 64, 0),
+             "tok_embeddings.weight": torch.zeros(8, 4), "layers.0.attention.wq.weight": torch.zeros(4, 4)}
+    torch.save(state, path)
+    return path
+
+
+_TO_TIMM = (("conv1.", "patch_embed.proj."), ("ln_pre.", "norm_pre."), ("transformer.resblocks.", "blocks."),
+            (".ln_1.", ".norm1."), (".ln_2.", ".norm2."), (".attn.in_proj_", ".attn.qkv."), (".attn.out_proj.", ".attn.proj."),
+            (".ls_1.gamma", ".gamma_1"), (".ls_2.gamma", ".gamma_2"), (".mlp.c_fc.", ".mlp.fc1."), (".mlp.c_proj.", ".mlp.fc2."))
+
+
+def _hf_checkpoint(fixtures, path: Path) -> Path:
+    """The same weights as Hugging Face's PerceptionLM writes them (timm names under model.vision_tower)."""
+    from safetensors.torch import save_file
+
+    state = {}
+    for key, value in torch.load(fixtures.checkpoint("PE-Spatial-T16-512"), weights_only=True).items():
+        if key == "class_embedding":
+            key, value = "cls_token", value.reshape(1, 1, -1)
+        elif key == "positional_embedding":
+            key, value = "pos_embed", value[None]
+        for meta, timm in _TO_TIMM:
+            key = key.replace(meta, timm)
+        state[f"model.vision_tower.timm_model.{key}"] = value.contiguous()
+    for key, value in reference.projector_weights(192, 64, 0).items():
+        state[key.replace("vision_projector.projector.0.", "model.multi_modal_projector.linear_1.")
+              .replace("vision_projector.projector.2.", "model.multi_modal_projector.linear_2.")] = value
+    state["model.language_model.embed_tokens.weight"] = torch.zeros(8, 4)
+    state["lm_head.weight"] = torch.zeros(8, 4)
+    save_file(state, path)
+    return path
+
+
+@pytest.mark.parametrize("form", ["meta", "hf"])
+def test_plm_checkpoints_load_the_tower_and_projector_and_match_meta(fixtures, tmp_path, form):
+    make = _meta_checkpoint if form == "meta" else _hf_checkpoint
+    path = make(fixtures, tmp_path / ("consolidated.pth" if form == "meta" else "model.safetensors"))
+    loaded = load_model(PLM_T16, path)
+    x = torch.from_numpy(fixtures.outputs("PE-Spatial-T16-512")["input"])
+    with torch.no_grad():
+        out = loaded.model(x)
+    assert out.shape == (1, 256, 64)
+    np.testing.assert_allclose(out.numpy(), REFERENCE["t16/output"], rtol=0, atol=1e-5)
+
+
+def test_the_plm_variants():
+    one, three, eight = (get_variant(f"PLM-{size}") for size in ("1B", "3B", "8B"))
+    assert (one.projector_dim, three.projector_dim, eight.projector_dim) == (2048, 3072, 4096)
+    assert one.width == three.width == 1024 and eight.width == 1536 and one.output_tokens == 256
+    assert one.default_output == "image_features" and one.hub_repo == "facebook/Perception-LM-1B"
+    # the tower's parameters plus the two Linears
+    assert one.parameters == get_variant("L14").parameters + 1024 * 2048 + 2048 + 2048 * 2048 + 2048
+    assert sum(p.numel() for p in load_model(three, random_init=True).model.parameters()) == three.parameters
+
+
+def test_a_plm_onnx_gives_image_features_for_any_tile_count(fixtures, tmp_path):
+    from pe_export.onnx.export import ExportOptions, export_variant
+    from pe_export.runners import open_runner
+    from pe_export.source import ModelSource
+
+    result = export_variant(ModelSource(PLM_T16, _meta_checkpoint(fixtures, tmp_path / "consolidated.pth")),
+                            options=ExportOptions(target="ort"), output=tmp_path / "plm.onnx")
+    assert [o.name for o in result.manifest.outputs] == ["image_features"]
+    assert result.manifest.outputs[0].shape[1:] == [256, 64]
+    x = torch.from_numpy(fixtures.outputs("PE-Spatial-T16-512")["input"])
+    tiles = torch.cat([x, x.flip(-1), -x])
+    with torch.no_grad():
+        expected = load_model(PLM_T16, tmp_path / "consolidated.pth").model(tiles).numpy()
+    with open_runner(result.path, threads=2) as runner:
+        got = runner.run(tiles.numpy())
+    assert got.shape == (3, 256, 64)
+    assert compare(expected, got).cosine_min >= 0.99999
+    np.testing.assert_allclose(got[:1], REFERENCE["t16/output"], rtol=0, atol=1e-4)
