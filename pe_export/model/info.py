@@ -28,6 +28,8 @@ class ModelInfo:
             ("mlp width", str(v.mlp_width)),
             ("layer scale", str(v.layer_scale) if v.layer_scale else "-"),
             ("ln_post / pooler / proj", f"{v.ln_post} / {'attn' if v.attn_pool else 'none'} / {v.proj_dim or '-'}"),
+            *([("projector", f"{v.width} -> {v.projector_dim} (PLM's D), {v.output_tokens} tokens per tile")]
+              if v.projector_dim else []),
             ("default output", v.default_output),
             ("parameters", f"{self.parameters:,}"),
             ("GMACs / image", f"{v.gmacs:.1f}"),
