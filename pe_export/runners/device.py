@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +22,16 @@ def cpu_name() -> str:
     flags = set(fields.get("flags", "").split())
     matrix = ", ".join(flag for flag in MATRIX_FLAGS if flag in flags) or "no bf16/int8 matrix instructions"
     return f"{model} ({torch.get_num_threads()} threads; {matrix})"
+
+
+def cpu_kind() -> str:
+    """A file-name-safe key for the CPU's model and matrix instructions (no thread count): runtimes'
+    speed ratios differ between CPU kinds, so latency baselines are kept per kind."""
+    fields = _cpuinfo()
+    flags = set(fields.get("flags", "").split())
+    words = [fields.get("model name") or platform.processor() or platform.machine(),
+             *(flag for flag in MATRIX_FLAGS if flag in flags)]
+    return re.sub(r"[^a-z0-9_]+", "-", " ".join(words).lower()).strip("-")
 
 
 def _cpuinfo() -> dict[str, str]:
