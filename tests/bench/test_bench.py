@@ -195,3 +195,13 @@ def test_cuda_graph_reaches_the_tensorrt_runner(spatial, monkeypatch, tmp_path):
         BenchSettings(cuda_graph=True)
     with pytest.raises(ValueError, match="--profile applies to the tensorrt backend only"):
         BenchSettings(profile="pe-lang-l14-datacenter")
+
+
+def test_cpu_kind_names_the_model_and_matrix_flags_only(tmp_path, monkeypatch):
+    from pe_export.runners import device
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9654 96-Core Processor\n"
+                    "flags\t\t: fpu avx2 avx512f avx512_vnni avx512_bf16 sse4_2\n\nprocessor\t: 1\n")
+    monkeypatch.setattr(device, "CPUINFO", info)
+    assert device.cpu_kind() == "amd-epyc-9654-96-core-processor-avx512_bf16-avx512_vnni"
