@@ -17,21 +17,22 @@ def cpu_name() -> str:
     """The CPU model as /proc/cpuinfo names it, with the core count torch uses and its matrix instructions."""
     import torch
 
-    fields = _cpuinfo()
-    model = fields.get("model name") or platform.processor() or platform.machine()
-    flags = set(fields.get("flags", "").split())
-    matrix = ", ".join(flag for flag in MATRIX_FLAGS if flag in flags) or "no bf16/int8 matrix instructions"
-    return f"{model} ({torch.get_num_threads()} threads; {matrix})"
+    model, matrix = _model_and_matrix_flags()
+    return f"{model} ({torch.get_num_threads()} threads; {', '.join(matrix) or 'no bf16/int8 matrix instructions'})"
 
 
 def cpu_kind() -> str:
     """A file-name-safe key for the CPU's model and matrix instructions (no thread count): runtimes'
     speed ratios differ between CPU kinds, so latency baselines are kept per kind."""
+    model, matrix = _model_and_matrix_flags()
+    return re.sub(r"[^a-z0-9_]+", "-", " ".join([model, *matrix]).lower()).strip("-")
+
+
+def _model_and_matrix_flags() -> tuple[str, list[str]]:
     fields = _cpuinfo()
     flags = set(fields.get("flags", "").split())
-    words = [fields.get("model name") or platform.processor() or platform.machine(),
-             *(flag for flag in MATRIX_FLAGS if flag in flags)]
-    return re.sub(r"[^a-z0-9_]+", "-", " ".join(words).lower()).strip("-")
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    return model, [flag for flag in MATRIX_FLAGS if flag in flags]
 
 
 def _cpuinfo() -> dict[str, str]:
