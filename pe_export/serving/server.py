@@ -229,16 +229,20 @@ def _backends(install: TritonInstall, folder: Path) -> Path:
     return folder / "backends"
 
 
+def _prepend(env: dict[str, str], name: str, *paths: Path | str) -> None:
+    """Put `paths` first in the search path `name` (empty entries dropped)."""
+    env[name] = os.pathsep.join(p for p in (*map(str, paths), env.get(name, "")) if p)
+
+
 def _start(install: TritonInstall, folder: Path, settings: ServerSettings, prefix: str) -> subprocess.Popen:
     env = dict(os.environ)
     # The stub embeds the Python it finds through libpython: this interpreter's LIBDIR first, or a pyenv
     # build's stub loads the system libpython3.x and fails ('_thread.RLock' object has no attribute
     # '_recursion_count'). Its site-packages come from the first python on PATH, so this one's goes first
     # (pe-export may run from a venv nobody activated); PYTHONPATH: model.py imports this very pe_export.
-    env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.exec_prefix) / "bin"), env.get("PATH")) if p)
-    libraries = [*map(str, install.libraries), sysconfig.get_config_var("LIBDIR") or "", env.get("LD_LIBRARY_PATH", "")]
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libraries if p)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(pe_export.__file__).parents[1]), env.get("PYTHONPATH")) if p)
+    _prepend(env, "PATH", Path(sys.exec_prefix) / "bin")
+    _prepend(env, "LD_LIBRARY_PATH", *install.libraries, sysconfig.get_config_var("LIBDIR") or "")
+    _prepend(env, "PYTHONPATH", Path(pe_export.__file__).parents[1])
     command = [str(install.binary), f"--model-repository={folder / 'models'}",
                f"--backend-directory={_backends(install, folder)}",
                f"--http-port={settings.http_port}", f"--grpc-port={settings.grpc_port}",
