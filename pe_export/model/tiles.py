@@ -61,12 +61,12 @@ def _upscaled(width: int, height: int, canvas_width: int, canvas_height: int) ->
 def _fitting_grid(width: int, height: int, groups: dict[float, list[TileGrid]], tile: int) -> TileGrid | None:
     """The grid whose canvas holds the image unshrunk and lets it grow most along its short side
     (the later of equals), or None when no canvas is that large."""
+    short = 0 if width < height else 1  # the side compared: width for portrait, height otherwise
     best, best_size = None, None
     for grid in (g for grids in groups.values() for g in grids):
         if grid.columns * tile < width or grid.rows * tile < height:
             continue
         size = _upscaled(width, height, grid.columns * tile, grid.rows * tile)
-        short = 0 if width < height else 1  # the side compared: width for portrait, height otherwise
         if best is None or size[short] >= best_size[short]:
             best, best_size = grid, size
     return best
