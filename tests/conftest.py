@@ -39,6 +39,38 @@ def fixtures() -> ReferenceFixtures:
     return ReferenceFixtures(folder)
 
 
+class FixtureExports:
+    """ONNX exports of the fixtures' weights, each made once per test session (exports are the slow
+    part of the suite): `t16_exports(name, target="trt11", simplify=True)` gives an `ExportResult`.
+    Tests read these files; a test that changes an artifact makes its own."""
+
+    def __init__(self, fixtures: ReferenceFixtures, folder: Path):
+        self._fixtures, self._folder = fixtures, folder
+        self._loaded: dict[str, object] = {}
+        self._made: dict[tuple, object] = {}
+
+    def loaded(self, name: str):
+        from pe_export.model import load_model
+
+        if name not in self._loaded:
+            self._loaded[name] = load_model(name, self._fixtures.checkpoint(name))
+        return self._loaded[name]
+
+    def __call__(self, name: str, **options):
+        from pe_export.onnx.export import ExportOptions, export_onnx
+
+        key = (name, *sorted(options.items()))
+        if key not in self._made:
+            path = self._folder / f"{name}-{len(self._made)}.onnx"
+            self._made[key] = export_onnx(self.loaded(name), ExportOptions(**options), path)
+        return self._made[key]
+
+
+@pytest.fixture(scope="session")
+def t16_exports(fixtures, tmp_path_factory) -> FixtureExports:
+    return FixtureExports(fixtures, tmp_path_factory.mktemp("t16-exports"))
+
+
 @pytest.fixture(scope="session")
 def latency_report():
     """A latency report of planted rows: latency_report([("torch", 100.0), ("onnxruntime", 80.0, batch)])."""

@@ -1,4 +1,4 @@
-"""Artifacts are known by their identity: on T16 with every weight in external data (as L14's and G14's
+"""Artifacts are known by their identity: on Core T16 with every weight in external data (as L14's and G14's
 are), new weights upstream remake every derived artifact and say why, an identity that does not fit
 is never reused, and a reused chain reads each file once."""
 
@@ -20,12 +20,12 @@ from pe_export.precision.profiles import cpu_profile
 from pe_export.runners import openvino as ov_runner
 from pe_export.serving.repository import model_repository
 
-SPATIAL = "PE-Spatial-T16-512"
-PROFILE = cpu_profile(SPATIAL)  # what bench and openvino use without a named profile
+CORE = "PE-Core-T16-384"
+PROFILE = cpu_profile(CORE)  # what bench and openvino use without a named profile
 
 
 def _seed(seed: int) -> ModelSource:
-    return ModelSource(SPATIAL, random_init=True, seed=seed)
+    return ModelSource(CORE, random_init=True, seed=seed)
 
 
 def _files(result) -> list[Path]:
@@ -99,7 +99,7 @@ def test_quantize_bench_and_openvino_never_reuse_the_old_weights(chains, workdir
     shutil.copytree(workdir / "seed0", workdir / "artifacts")
     said: list[str] = []
     profile = workdir / "cpu.yaml"  # the CPU profile as a file, for the command
-    profile.write_text(f"name: cpu\nvariant: {SPATIAL}\nexport: {{target: ort}}\ntensorrt: null\n")
+    profile.write_text(f"name: cpu\nvariant: {CORE}\nexport: {{target: ort}}\ntensorrt: null\n")
     made = quantize_variant(_seed(1), "int8", profile=str(profile), progress=said.append)
     assert made.manifest.weights.seed == 1 and any(s.startswith("exporting") and "weights.seed changed" in s
                                                    for s in said)
@@ -108,7 +108,7 @@ def test_quantize_bench_and_openvino_never_reuse_the_old_weights(chains, workdir
     said.clear()
     settings = BenchSettings(backends=["onnxruntime"], precisions=["int8"], warmup=0, iters=1)
     bench_variant(_seed(1), settings, progress=said.append)
-    int8 = Path("artifacts") / SPATIAL / f"{SPATIAL}.ort.int8.onnx"
+    int8 = made.path
     assert f"making {int8} again: source_onnx changed" in said and read_manifest(int8).weights.seed == 1
     if ov_runner.runs("int8"):
         said.clear()
@@ -139,14 +139,14 @@ def test_a_reused_chain_reads_each_file_once(chains, workdir, monkeypatch, fixtu
         pytest.skip("OpenVINO cannot compute int8 here")
     (workdir / "checkpoint").mkdir(exist_ok=True)
     monkeypatch.chdir(workdir / "checkpoint")
-    source = ModelSource(SPATIAL, fixtures.checkpoint(SPATIAL))
+    source = ModelSource(CORE, fixtures.checkpoint(CORE))
     made = Plan(source, PROFILE).ir("int8")
     forbid_loading("a reused chain loaded weights")
     plan = Plan(source, PROFILE)
     reused = plan.ir("int8")
     assert reused.reused and reused.manifest == made.manifest
     int8 = plan.precision("int8")
-    chain = [fixtures.checkpoint(SPATIAL), *_files(plan.fp32()), *_files(int8), *_files(reused)]
+    chain = [fixtures.checkpoint(CORE), *_files(plan.fp32()), *_files(int8), *_files(reused)]
     assert len(chain) == 7 and plan.digests.hashed_bytes == sum(p.stat().st_size for p in chain)
     again = openvino_variant(source, "int8", calib="synthetic")  # the command: its own plan, no worker
     assert again.reused and again.manifest == made.manifest

@@ -27,27 +27,25 @@ FORBIDDEN = {"Sin", "Cos", "If", "Loop", "Scan"}
 
 
 @pytest.fixture(scope="module")
-def loaded(fixtures):
-    return {name: load_model(name, fixtures.checkpoint(name)) for name in (CORE, SPATIAL)}
+def loaded(t16_exports):
+    return {name: t16_exports.loaded(name) for name in (CORE, SPATIAL)}
+
+
+CASES = {
+    (SPATIAL, "trt11"): {"target": "trt11", "simplify": True},
+    (SPATIAL, "jetson"): {"target": "jetson"},
+    (SPATIAL, "mixed"): {"target": "trt11", "attention": "decomposed"},
+    (CORE, "trt11"): {"target": "trt11", "simplify": True},
+    (CORE, "trt10"): {"target": "trt10"},
+    (CORE, "ort-tokens-layer-2"): {"target": "ort", "output": "tokens", "layer": -2},
+    (CORE, "strip-b1"): {"target": "trt10.15", "output": "tokens", "strip_cls": True, "batch": 1},
+}
 
 
 @pytest.fixture(scope="module")
-def exports(loaded, tmp_path_factory):
-    """One export per (variant, case), shared by the tests below."""
-    folder = tmp_path_factory.mktemp("onnx")
-    cases = {
-        (SPATIAL, "trt11"): ExportOptions(target="trt11", simplify=True),
-        (SPATIAL, "jetson"): ExportOptions(target="jetson"),
-        (SPATIAL, "mixed"): ExportOptions(target="trt11", attention="decomposed"),
-        (CORE, "trt11"): ExportOptions(target="trt11", simplify=True),
-        (CORE, "trt10"): ExportOptions(target="trt10"),
-        (CORE, "ort-tokens-layer-2"): ExportOptions(target="ort", output="tokens", layer=-2),
-        (CORE, "strip-b1"): ExportOptions(target="trt10.15", output="tokens", strip_cls=True, batch=1),
-    }
-    return {
-        key: export_onnx(loaded[key[0]], options, folder / f"{key[0]}-{key[1]}.onnx")
-        for key, options in cases.items()
-    }
+def exports(t16_exports):
+    """One export per (variant, case), shared by the tests below (and, through `t16_exports`, others)."""
+    return {key: t16_exports(key[0], **options) for key, options in CASES.items()}
 
 
 def _histogram(path: Path) -> dict[str, int]:

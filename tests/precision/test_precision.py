@@ -21,7 +21,7 @@ from pe_export.pipeline import Plan
 from pe_export.pipeline.commands import quantize_variant
 from pe_export.precision import quantize
 from pe_export.precision.calibration import load_calibration
-from pe_export.precision.profiles import ExportSection, Profile, find_profile, load_profile, profile_files
+from pe_export.precision.profiles import find_profile, load_profile, profile_files
 from pe_export.runners.onnxruntime import OrtRunner
 from pe_export.validate import compare
 
@@ -385,16 +385,15 @@ def _qdq_sites(model):
     return sites
 
 
-def test_exported_graphs_run_without_onnxruntime_warnings(made, fixtures, tmp_path, capfd, monkeypatch):
+def test_exported_graphs_run_without_onnxruntime_warnings(made, t16_exports, tmp_path, capfd, monkeypatch):
     """Every T16 graph (fp32 of each target, Core's pooled head, each precision) at changing batch
     sizes: onnxruntime, asked to report warnings, has none (no bogus shape annotations)."""
     paths = [made[p].path.resolve() for p in ("fp16", "int8", "fp8")]
     monkeypatch.chdir(tmp_path)
-    core = load_model("PE-Core-T16-384", fixtures.checkpoint("PE-Core-T16-384"))
     core_profile = load_profile(_profile(tmp_path, "name: core\nvariant: PE-Core-T16-384\nexport: {target: ort}\n"))
-    paths += [Plan.of(core, Profile(name=t, variant=core.variant.name, export=ExportSection(target=t))).fp32().path
-              for t in ("trt11", "jetson")]
-    paths.append(make_precision(core, "fp16", core_profile, None).path)
+    paths += [t16_exports("PE-Core-T16-384", target="trt11", simplify=True).path,
+              t16_exports(SPATIAL, target="jetson").path]
+    paths.append(make_precision(t16_exports.loaded("PE-Core-T16-384"), "fp16", core_profile, None).path)
     capfd.readouterr()
     for path in paths:
         options = onnxruntime.SessionOptions()

@@ -406,18 +406,13 @@ def plan_contents(path: Path) -> dict:
 
 
 @pytest.fixture(scope="session")
-def onnx_files(fixtures, tmp_path_factory) -> dict:
+def onnx_files(t16_exports) -> dict:
     """PE-Spatial-T16-512 exported fused (trt11), decomposed (trt10) and with a static batch of 2 (each an
     `ExportResult`: the file and its manifest, what an engine is built from)."""
-    from pe_export.model import load_model
-    from pe_export.onnx.export import ExportOptions, export_onnx
-
-    folder = tmp_path_factory.mktemp("trt")
-    loaded = load_model(SPATIAL, fixtures.checkpoint(SPATIAL))
     return {
-        "fused": export_onnx(loaded, ExportOptions(target="trt11"), folder / "fused.onnx"),
-        "decomposed": export_onnx(loaded, ExportOptions(target="trt10"), folder / "decomposed.onnx"),
-        "static": export_onnx(loaded, ExportOptions(target="trt10", batch=2), folder / "static.onnx"),
+        "fused": t16_exports(SPATIAL, target="trt11", simplify=True),
+        "decomposed": t16_exports(SPATIAL, target="trt10"),
+        "static": t16_exports(SPATIAL, target="trt10", batch=2),
     }
 
 
