@@ -5,7 +5,7 @@ fp32 and int8 (Q/DQ ONNX), OpenVINO IR fp32, bf16 (where the CPU has bf16 units)
 latency at batch 1 and throughput at every batch size, as ratios to torch fp32 in the same rounds,
 and token cosine against torch fp32. For each OpenVINO IR: the cost of `pe-export openvino` (wall
 time and the peak RSS of its process tree, one fresh process each, from an existing ONNX). Then the
-targets of issue 13 are checked, and whether the profile's `deploy` is the fastest path that passes.
+CPU edge targets are checked, and whether the profile's `deploy` is the fastest path that passes.
 
     python benchmarks/cpu_edge.py --variant L14 --profile pe-lang-l14-cpu-edge
     python benchmarks/cpu_edge.py --variant PE-Spatial-T16-512 --batches 1,2 --iters 5   # a quick check
@@ -39,7 +39,7 @@ from pe_export.validate import ParityFigures, compare, synthetic_inputs
 from pe_export.versions import versions
 from measured import run_measured  # beside this script
 
-# issue 13's targets for the best path pe-export ships (batch 1 against torch eager fp32, same run)
+# the targets for the best path pe-export ships (batch 1 against torch eager fp32, same run)
 MAX_RATIO, MIN_COSINE = 0.25, 0.999
 MAX_IR_SECONDS, MAX_IR_RSS_OVER_WEIGHTS = 120, 2.5
 
@@ -146,7 +146,7 @@ def _report(args, variant, profile, latency: list[LatencyRow], cosines: dict, ba
 
 
 def _targets(rows: list[dict], costs: dict, profile, batch: int) -> list[dict]:
-    """Issue 13's targets, each with the figure it was judged on."""
+    """The CPU edge targets, each with the figure it was judged on."""
     shipped = [r for r in rows if r["runtime"] != "torch" and r["passes"]]
     if not shipped:
         return [{"target": "an exported path passes its parity threshold", "met": False, "figure": "none"}]

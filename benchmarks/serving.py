@@ -1,4 +1,4 @@
-"""Issue 12's serving target: an int8 artifact served on the CPU by `pe-export serve` (a real Triton
+"""The serving target: an int8 artifact served on the CPU by `pe-export serve` (a real Triton
 server, pe-export's onnxruntime runner behind its python backend) against the same runner called
 directly in a loop.
 
