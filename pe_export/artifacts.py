@@ -114,23 +114,37 @@ class Digests:
     Keyed by the file's device, inode, size and modification time, so a second look at an unchanged
     file, a hard link to it, or a staged file after its rename into place costs nothing; a write to a
     file moves its modification time and so its key (pe-export never rewrites a file within the clock
-    tick it hashed it in). `hashed_bytes` counts the bytes read.
+    tick it hashed it in). `derived` keeps digests of what files hold the same way. `hashed_bytes` counts
+    the bytes read.
     """
 
     def __init__(self, known: dict[str, str] | None = None):
-        self._known: dict[tuple[int, ...], str] = {tuple(json.loads(k)): v for k, v in (known or {}).items()}
+        self._known: dict[tuple, str] = {tuple(json.loads(k)): v for k, v in (known or {}).items()}
         self.hashed_bytes = 0
 
-    def sha256(self, path: Path) -> str:
+    @staticmethod
+    def _stamp(path: Path) -> tuple[int, ...]:
         stat = path.stat()
-        stamp = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+    def derived(self, paths: list[Path], compute: Callable[[], tuple[str, int]]) -> str:
+        """A digest of what several files hold rather than of their bytes (a checkpoint's weights), computed
+        once per set of unchanged files: `compute` gives it and the bytes it read."""
+        stamp = ("derived", *(n for path in paths for n in self._stamp(path)))
+        if stamp not in self._known:
+            self._known[stamp], read = compute()
+            self.hashed_bytes += read
+        return self._known[stamp]
+
+    def sha256(self, path: Path) -> str:
+        stamp = self._stamp(path)
         if stamp not in self._known:
             digest = hashlib.sha256()
             with open(path, "rb") as f:
                 for chunk in iter(lambda: f.read(1 << 24), b""):
                     digest.update(chunk)
             self._known[stamp] = digest.hexdigest()
-            self.hashed_bytes += stat.st_size
+            self.hashed_bytes += stamp[2]  # the size
         return self._known[stamp]
 
     def files(self, paths: list[Path], root: Path | None = None) -> dict[str, FileDigest]:

@@ -1,7 +1,10 @@
-"""Where a checkpoint comes from: a local file, an `hf://` path, or the variant's file on the Hugging Face hub."""
+"""Where a checkpoint comes from (a local file or folder, an `hf://` path, or the variant's file on the Hugging
+Face hub) and which files it consists of."""
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -10,6 +13,7 @@ from pe_export.errors import CheckpointError
 from pe_export.variants import Variant
 
 HF_SCHEME = "hf://"
+LLM_PREFIXES = ("model.language_model.", "lm_head.")  # Hugging Face's PerceptionLM: the LLM, never read
 REACH_SECONDS = 5  # without an answer by then, the hub counts as unreachable (instead of minutes of retries)
 
 
@@ -61,3 +65,49 @@ def _reachable(host: str) -> bool:
     except OSError:
         return False
     return True
+
+
+_META_PART = re.compile(r"consolidated\.\d+\.pth")
+_HF_SHARD = re.compile(r"-\d+-of-\d+\.safetensors")
+_HF_INDEX = "model.safetensors.index.json"
+
+
+def checkpoint_files(path: Path) -> list[Path]:
+    """The files a checkpoint path stands for: the file itself, all of Meta's `consolidated.NN.pth`
+    parts (given one of them), the shards a Hugging Face index names (given the index or a shard),
+    or what a folder holds in one of these forms."""
+    if path.is_dir():
+        return checkpoint_files(_in_folder(path))
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if _META_PART.fullmatch(path.name):
+        return sorted(p for p in path.parent.iterdir() if _META_PART.fullmatch(p.name))
+    if _HF_SHARD.search(path.name) and (path.parent / _HF_INDEX).is_file():
+        path = path.parent / _HF_INDEX
+    if path.name.endswith(".index.json"):
+        return _shards(path)
+    return [path]
+
+
+def _in_folder(folder: Path) -> Path:
+    for name in ("consolidated.pth", "consolidated.00.pth", _HF_INDEX, "model.safetensors"):
+        if (folder / name).is_file():
+            return folder / name
+    found = [p for p in sorted(folder.iterdir()) if p.suffix in (".pt", ".pth", ".bin", ".safetensors")]
+    if len(found) != 1:
+        what = "no checkpoint" if not found else f"{len(found)} checkpoint files"
+        raise CheckpointError(f"{folder} holds {what} (consolidated.pth, model.safetensors or its index, or one "
+                              ".pt/.safetensors file); give the file with --checkpoint")
+    return found[0]
+
+
+def _shards(index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        names = sorted({shard for key, shard in weight_map.items() if not key.startswith(LLM_PREFIXES)})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{index} is no safetensors index (a JSON file with a weight_map): {exc}") from exc
+    missing = [n for n in names if not (index.parent / n).is_file()]
+    if missing:
+        raise CheckpointError(f"{index} names shards that are not beside it: {', '.join(missing)}; download them too")
+    return [index.parent / n for n in names]  # shards of the LLM alone are never opened

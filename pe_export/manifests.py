@@ -13,9 +13,10 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from pe_export.errors import UsageError
+from pe_export.handoff import Handoff, handoff_of
 
 SCHEMA = "pe-export/manifest/1"
 OLDER = "made by an older pe-export"  # why a manifest without this schema is never reused
@@ -46,6 +47,8 @@ class Upstream(Record):
 
 
 class Weights(Record):
+    """The checkpoint and the sha256 of its tensors in Meta's names (not of its files), or the seed."""
+
     checkpoint: Optional[str]
     sha256: Optional[str]
     seed: Optional[int]
@@ -84,6 +87,13 @@ class GraphManifest(Manifest):
     options: dict[str, Any]
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
+    handoff: Optional[Handoff] = None  # PLM's image features: how an LLM runtime places them (read off the graph)
+
+    @model_validator(mode="after")
+    def _with_handoff(self) -> "GraphManifest":
+        if self.handoff is None:
+            self.handoff = handoff_of(self.outputs, self.inputs)
+        return self
 
     @property
     def static_batch(self) -> int | None:

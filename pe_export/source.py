@@ -1,22 +1,19 @@
 """Which weights a command works on, and where loaded weights came from. Nothing here imports torch
-(`pe_export.model.load_source` loads them), so a process that hands the loading to a worker never does."""
+(`pe_export.model` reads and loads weights)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from pe_export.errors import CheckpointError, UsageError
-from pe_export.variants import Variant, get_variant
-
-if TYPE_CHECKING:
-    from pe_export.artifacts import Digests
+from pe_export.errors import UsageError
+from pe_export.variants import Variant
 
 
 @dataclass(frozen=True)
 class WeightSource:
-    """Where the weights came from: a checkpoint file (with its sha256) or a random-init seed."""
+    """Where the weights came from: a checkpoint (with the sha256 of its tensors in Meta's names, the same
+    for the same weights in any format) or a random-init seed."""
 
     checkpoint: Path | None
     sha256: str | None
@@ -41,18 +38,6 @@ class ModelSource:
     def __post_init__(self) -> None:
         if self.checkpoint and self.random_init:
             raise UsageError("give either --checkpoint or --random-init, not both")
-
-    def weights(self, digests: Digests) -> WeightSource:
-        """Where the weights come from, without loading them: the seed, or the checkpoint file (a hub
-        file from the cache or the hub) with its sha256."""
-        if self.random_init:
-            return WeightSource(None, None, self.seed)
-        from pe_export.hub import resolve_checkpoint
-
-        path = resolve_checkpoint(get_variant(self.variant), self.checkpoint)
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint not found: {path}")
-        return WeightSource(path, digests.sha256(path), None)
 
     def as_job(self) -> dict:
         """These fields as JSON, for a worker process to rebuild the source from."""

@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pe_export"
 RANKS = {
     "__init__": 0, "errors": 0, "versions": 0, "quiet": 0, "memory": 0, "processes": 0,
     "precisions": 1, "variants": 1, "artifacts": 1, "manifests": 1, "source": 1, "hub": 1, "images": 1,
+    "handoff": 1,
     "report": 2,
     "runners": 3,
     "validate": 4,

@@ -1,12 +1,19 @@
 """Reading PE checkpoints safely and bringing their keys to Meta's names.
 
 Accepted: Meta `.pt` files (bare, CLIP files with `visual.` keys, `state_dict`/`weights`
-wrappers, `module.` prefixes) and timm files (`.safetensors`, `.bin`, `.pth`). Pickles are read
-with `weights_only=True` only, so a file that tries to run code is refused.
+wrappers, `module.` prefixes), timm files (`.safetensors`, `.bin`, `.pth`), and PerceptionLM's
+checkpoints: Meta's `consolidated.pth` or its `consolidated.NN.pth` parts, and Hugging Face's
+`model.safetensors` or its shards with their `model.safetensors.index.json` (a folder holding any of
+these works too). Pickles are read with `weights_only=True` only, so a file that tries to run code
+is refused.
+
+The weights' digest is taken over the tensors in Meta's names, not over the files, so the same
+weights in any of these forms have one digest (and their artifacts one identity).
 """
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import re
 import zipfile
@@ -15,12 +22,12 @@ from pathlib import Path
 import torch
 
 from pe_export.errors import CheckpointError
+from pe_export.hub import LLM_PREFIXES, checkpoint_files
 from pe_export.variants import VARIANTS, Variant
 
 StateDict = dict[str, torch.Tensor]
 
 _WRAPPERS = ("state_dict", "weights", "model")
-_LLM_PREFIXES = ("model.language_model.", "lm_head.")  # Hugging Face PerceptionLM: the LLM, never loaded
 _HF_PLM_TOWER = "model.vision_tower.timm_model."
 _HF_PLM_PROJECTOR = {"model.multi_modal_projector.linear_1.": "vision_projector.projector.0.",
                      "model.multi_modal_projector.linear_2.": "vision_projector.projector.2."}
@@ -43,11 +50,24 @@ _TIMM_RENAMES: tuple[tuple[str, str], ...] = (
 
 
 def read_checkpoint(path: Path) -> StateDict:
-    """Read a checkpoint file into a flat state dict with Meta's key names."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    raw = _read_safetensors(path) if path.suffix == ".safetensors" else _read_pickle(path)
-    return normalize_keys(_unwrap(raw, path), path)
+    """Read a checkpoint (one file, or all the parts `checkpoint_files` finds) into a flat state dict
+    with Meta's key names."""
+    state: StateDict = {}
+    for file in checkpoint_files(path):
+        raw = _read_safetensors(file) if file.suffix == ".safetensors" else _read_pickle(file)
+        state.update(_unwrap(raw, file))  # parts hold distinct keys, as Meta's loader assumes
+    return normalize_keys(state, path)
+
+
+def weights_digest(state: StateDict) -> tuple[str, int]:
+    """The sha256 over every tensor (name, dtype, shape and values, in name order) and the bytes it read."""
+    digest, read = hashlib.sha256(), 0
+    for name in sorted(state):
+        tensor = state[name].detach().contiguous()
+        digest.update(f"{name}|{str(tensor.dtype).removeprefix('torch.')}|{list(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
+        read += tensor.numel() * tensor.element_size()
+    return digest.hexdigest(), read
 
 
 def _read_safetensors(path: Path) -> StateDict:
@@ -55,7 +75,7 @@ def _read_safetensors(path: Path) -> StateDict:
 
     try:
         with safe_open(path, framework="pt") as file:  # tensor by tensor: a VLM's LLM weights are never read
-            return {k: file.get_tensor(k) for k in file.keys() if not k.startswith(_LLM_PREFIXES)}
+            return {k: file.get_tensor(k) for k in file.keys() if not k.startswith(LLM_PREFIXES)}
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read {path} as safetensors: {_first_line(exc)}") from exc
 

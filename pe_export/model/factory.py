@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from pe_export.artifacts import Digests
-from pe_export.model.checkpoint import check_keys, read_checkpoint
-from pe_export.hub import resolve_checkpoint
+from pe_export.model.checkpoint import check_keys, read_checkpoint, weights_digest
+from pe_export.hub import checkpoint_files, resolve_checkpoint
 from pe_export.model.pe import PEVisionTower
 from pe_export.source import ModelSource, WeightSource
 from pe_export.variants import Variant, get_variant
@@ -66,7 +66,7 @@ def load_model(
 
     `checkpoint` is a local file or `hf://owner/repo/file`; `None` takes the variant's hub file
     (`facebook/<name>`). `random_init` gives deterministic random weights from `seed` instead.
-    Weights stored in another float type are cast to `dtype`. `digests` hashes the checkpoint (once per plan).
+    Weights stored in another float type are cast to `dtype`. `digests` keeps the weights' digest (computed once per plan).
     """
     variant = get_variant(variant)
     if random_init:
@@ -75,11 +75,12 @@ def load_model(
     path = resolve_checkpoint(variant, checkpoint)
     state = read_checkpoint(path)
     check_keys(variant, state, path)
+    digest = (digests or Digests()).derived(checkpoint_files(path), lambda: weights_digest(state))
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     model = build_model(variant, "meta")
     # assign=True adopts the loaded tensors instead of copying them into freshly allocated ones.
     model.load_state_dict(state, strict=True, assign=True)
-    return LoadedModel(variant, model.eval(), WeightSource(path, (digests or Digests()).sha256(path), None))
+    return LoadedModel(variant, model.eval(), WeightSource(path, digest, None))
 
 
 def load_source(source: ModelSource, digests: Digests | None = None) -> LoadedModel:

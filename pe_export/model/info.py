@@ -36,7 +36,7 @@ class ModelInfo:
             ("weights", self.source.describe()),
         ]
         if self.source.sha256:
-            rows.append(("sha256", self.source.sha256))
+            rows.append(("weights sha256", self.source.sha256))
             rows.append(("key check", f"all {self.tensors} tensors match (strict)"))
         return rows
 

@@ -37,6 +37,23 @@ Progress = Callable[[str], None]
 OnnxResult = Union[ExportResult, PrecisionResult]
 
 
+def find_weights(source: ModelSource, digests: Digests) -> WeightSource:
+    """Where the source's weights come from, without building the model: the seed, or the checkpoint (a
+    hub file from the cache or the hub) with its weights' digest, kept in `digests`. Torch reads a
+    checkpoint's tensors for it; a random-init source never imports torch."""
+    if source.random_init:
+        return WeightSource(None, None, source.seed)
+    from pe_export.hub import checkpoint_files, resolve_checkpoint
+
+    def digest() -> tuple[str, int]:
+        from pe_export.model.checkpoint import read_checkpoint, weights_digest
+
+        return weights_digest(read_checkpoint(path))
+
+    path = resolve_checkpoint(get_variant(source.variant), source.checkpoint)
+    return WeightSource(path, digests.derived(checkpoint_files(path), digest), None)
+
+
 class Plan:
     """The artifacts of one source and profile, each made or reused once per plan.
 
@@ -67,9 +84,9 @@ class Plan:
     # ---- weights ------------------------------------------------------------------------------------
 
     def weight_source(self) -> WeightSource:
-        """Where the weights come from (the checkpoint hashed once), without loading them."""
+        """Where the weights come from (a checkpoint's digest computed once), without building the model."""
         if self._weight_source is None:
-            self._weight_source = self.source.weights(self.digests)
+            self._weight_source = find_weights(self.source, self.digests)
         return self._weight_source
 
     def weights(self) -> LoadedModel:

@@ -3,14 +3,18 @@ plan for the artifact (`pe-export quantize`, `sensitivity`, `trt`, `openvino`)."
 
 from __future__ import annotations
 
+import json
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from pe_export import artifacts
+from pe_export.artifacts import Digests
 from pe_export.errors import UsageError
 from pe_export.memory import rss_mb
 from pe_export.openvino.ir import Reference, source_precision
 from pe_export.pipeline import Plan
+from pe_export.pipeline.worker import DIGESTS
 from pe_export.precision.profiles import cpu_profile, resolve_profile
 from pe_export.precision.spec import request_profile
 from pe_export.precisions import get_precision
@@ -127,7 +131,7 @@ def openvino_variant(
     if destination:
         artifacts.prepare_destination(destination)
     said: list[str] = []  # what the look-up found: said only when it settles the command
-    looking = Plan(source, chosen, said.append)
+    looking = Plan(source, chosen, said.append, _weights_digest(source, progress))
     found = looking.reused_ir(precision, destination)
     if found is not None:
         for line in said:
@@ -142,3 +146,15 @@ def openvino_variant(
         torch_peak = run_worker(TORCH_WORKER, job, work, "the torch reference", progress)
         reference = Reference.load(work)
     return plan.make_ir(reference, precision, destination, earlier_peak_mb=held + torch_peak)
+
+
+def _weights_digest(source: ModelSource, progress: Progress) -> Digests:
+    """Digests holding the checkpoint's weights digest, computed by a torch worker (so that this process
+    never imports torch); empty for random init."""
+    digests = Digests()
+    if not source.random_init:
+        with tempfile.TemporaryDirectory(prefix="pe-export-digest-") as work:
+            run_worker(TORCH_WORKER, {"job": "digest", "source": source.as_job()}, Path(work),
+                       "reading the checkpoint's weights", progress)
+            digests = Digests(json.loads((Path(work) / DIGESTS).read_text()))
+    return digests

@@ -137,13 +137,18 @@ def test_half_stored_weights_are_cast_to_the_model_dtype(tmp_path, meta_state, c
     assert not torch.equal(out, core_reference)
 
 
-def test_source_records_path_and_sha256(fixtures):
-    import hashlib
-
+def test_the_weights_digest_is_of_the_tensors_not_the_file(fixtures, tmp_path, meta_state):
+    """Meta's .pt and timm's safetensors of the same weights have one digest; one changed value, another."""
     path = fixtures.checkpoint(CORE)
     source = load_model(CORE, path).source
-    assert source.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert source.checkpoint == path and source.seed is None
+    timm = tmp_path / "timm.safetensors"
+    save_file(to_timm(meta_state), timm)
+    assert load_model(CORE, timm).source.sha256 == source.sha256
+    nudged = dict(meta_state, **{"ln_pre.bias": meta_state["ln_pre.bias"].clone()})
+    nudged["ln_pre.bias"][0] = torch.nextafter(nudged["ln_pre.bias"][0], torch.tensor(1.0))
+    torch.save(nudged, tmp_path / "nudged.pt")
+    assert load_model(CORE, tmp_path / "nudged.pt").source.sha256 != source.sha256
 
 
 class _Exploit:

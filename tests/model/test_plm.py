@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from pe_export.artifacts import Digests, reusable
+from pe_export.errors import CheckpointError
 from pe_export.model import load_model
+from pe_export.onnx.spec import export_key, resolve
 from pe_export.model.pe import Projector
 from pe_export.variants import get_variant
 from pe_export.validate import compare
@@ -93,6 +97,39 @@ def test_plm_checkpoints_load_the_tower_and_projector_and_match_meta(fixtures, t
     np.testing.assert_allclose(out.numpy(), REFERENCE["t16/output"], rtol=0, atol=1e-5)
 
 
+def test_sharded_checkpoints_load_from_any_part_or_their_folder(fixtures, tmp_path):
+    """Meta's consolidated.NN.pth parts and Hugging Face's shards with their index, as files or folders;
+    a shard holding only the LLM is never opened (here it is not even a safetensors file)."""
+    from safetensors.torch import load_file, save_file
+
+    whole = torch.load(_meta_checkpoint(fixtures, tmp_path / "whole.pth"), weights_only=True)
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    tower = {k: v for k, v in whole.items() if k.startswith("vision_model.")}
+    torch.save(tower, meta / "consolidated.00.pth")
+    torch.save({k: v for k, v in whole.items() if k not in tower}, meta / "consolidated.01.pth")
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    state = load_file(_hf_checkpoint(fixtures, tmp_path / "whole.safetensors"))
+    shards = {"model-00001-of-00003.safetensors": [k for k in state if ".vision_tower." in k],
+              "model-00002-of-00003.safetensors": [k for k in state if "projector" in k or k == "lm_head.weight"]}
+    for name, keys in shards.items():
+        save_file({k: state[k] for k in keys}, hf / name)
+    (hf / "model-00003-of-00003.safetensors").write_bytes(b"the LLM: never read")
+    weight_map = {k: name for name, keys in shards.items() for k in keys}
+    weight_map["model.language_model.embed_tokens.weight"] = "model-00003-of-00003.safetensors"
+    (hf / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    x = torch.from_numpy(fixtures.outputs("PE-Spatial-T16-512")["input"])
+    for path in (meta, meta / "consolidated.01.pth", hf, hf / "model.safetensors.index.json",
+                 hf / "model-00002-of-00003.safetensors"):
+        with torch.no_grad():
+            out = load_model(PLM_T16, path).model(x)
+        np.testing.assert_allclose(out.numpy(), REFERENCE["t16/output"], rtol=0, atol=1e-5, err_msg=str(path))
+    (hf / "model-00002-of-00003.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="names shards that are not beside it: model-00002-of-00003"):
+        load_model(PLM_T16, hf)
+
+
 def test_the_plm_variants():
     one, three, eight = (get_variant(f"PLM-{size}") for size in ("1B", "3B", "8B"))
     assert (one.projector_dim, three.projector_dim, eight.projector_dim) == (2048, 3072, 4096)
@@ -121,3 +158,7 @@ def test_a_plm_onnx_gives_image_features_for_any_tile_count(fixtures, tmp_path):
     assert got.shape == (3, 256, 64)
     assert compare(expected, got).cosine_min >= 0.99999
     np.testing.assert_allclose(got[:1], REFERENCE["t16/output"], rtol=0, atol=1e-4)
+    # the same weights in Hugging Face's form: the same identity, so the artifact is reused as it is
+    hf = load_model(PLM_T16, _hf_checkpoint(fixtures, tmp_path / "model.safetensors")).source
+    key = export_key(PLM_T16, hf, resolve(ExportOptions(target="ort"), PLM_T16))
+    assert reusable(result.path, key, Digests())[0] == result.manifest
