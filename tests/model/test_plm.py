@@ -15,6 +15,8 @@ import torch
 
 from pe_export.artifacts import Digests, reusable
 from pe_export.errors import CheckpointError
+from pe_export.handoff import image_embeddings, place_embeddings
+from pe_export.manifests import read_manifest
 from pe_export.model import load_model
 from pe_export.onnx.spec import export_key, resolve
 from pe_export.model.pe import Projector
@@ -158,6 +160,20 @@ def test_a_plm_onnx_gives_image_features_for_any_tile_count(fixtures, tmp_path):
     assert got.shape == (3, 256, 64)
     assert compare(expected, got).cosine_min >= 0.99999
     np.testing.assert_allclose(got[:1], REFERENCE["t16/output"], rtol=0, atol=1e-4)
+    handoff = result.manifest.handoff  # what an LLM runtime reads to place the embeddings
+    assert (handoff.embedding_dim, handoff.tokens_per_tile, handoff.tile_size) == (64, 256, 512)
+    assert handoff.dtype == result.manifest.outputs[0].dtype and handoff.image_token_id == 128002
+    assert read_manifest(result.path).handoff == handoff
+    # the recipe: one image's output as the [T, D] rows that replace its image tokens, in order
+    rows = image_embeddings(got)
+    ids = np.array([1, 5, *[128002] * len(rows), 7])
+    text = np.random.default_rng(0).standard_normal((len(ids), 64)).astype(np.float32)
+    placed = place_embeddings(ids, text, rows)
+    expected = torch.from_numpy(text).masked_scatter(torch.from_numpy(ids == 128002)[:, None], torch.from_numpy(got))
+    np.testing.assert_array_equal(placed, expected.numpy())  # as Hugging Face's PerceptionLM places them
+    assert np.array_equal(placed[2:258], got[0]) and np.array_equal(placed[258 + 256:-1], got[2])
+    with pytest.raises(ValueError, match="the prompt has 768 image tokens but 512 embeddings"):
+        place_embeddings(ids, text, rows[:512])
     # the same weights in Hugging Face's form: the same identity, so the artifact is reused as it is
     hf = load_model(PLM_T16, _hf_checkpoint(fixtures, tmp_path / "model.safetensors")).source
     key = export_key(PLM_T16, hf, resolve(ExportOptions(target="ort"), PLM_T16))
