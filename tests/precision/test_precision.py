@@ -46,6 +46,10 @@ def test_shipped_profiles_are_valid_and_found_by_name():
     names = {load_profile(p).name for p in profile_files()}
     assert names >= {"pe-lang-l14-datacenter", "pe-lang-g14-datacenter", "pe-core-l14-336-datacenter",
                      "pe-lang-l14-jetson-orin", "pe-lang-l14-cpu-edge"}
+    for size, last in (("1b", 22), ("3b", 22), ("8b", 46)):  # PLM: every tile count of one image, 32 frames
+        plm = find_profile(f"pe-plm-{size}-datacenter")
+        assert plm.variant == f"PLM-{size.upper()}" and (plm.batch.min, plm.batch.max) == (1, 37)
+        assert rf"^transformer\.resblocks\.{last}\." in plm.quantization.int8.exclude
     jetson = find_profile("pe-lang-l14-jetson-orin")
     assert (jetson.export.target, jetson.export.opset, jetson.batch.max) == ("jetson", 17, 1)
     assert "fp8" not in jetson.precisions and find_profile("pe-lang-l14-cpu-edge").tensorrt is None
