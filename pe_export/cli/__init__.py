@@ -10,6 +10,7 @@ Where to look:
 - build.py: trt, openvino
 - serving.py: triton, serve, loadtest
 - measure.py: parity, bench
+- inputs.py: preprocess
 
 Each command module holds its commands with their own options and printing; the table below
 registers them. Library modules are imported inside the commands (`pe-export --help` imports no torch).
@@ -17,7 +18,7 @@ registers them. Library modules are imported inside the commands (`pe-export --h
 
 from __future__ import annotations
 
-from pe_export.cli import build, export, listing, measure, serving
+from pe_export.cli import build, export, inputs, listing, measure, serving
 from pe_export.cli.output import console, err_console
 from pe_export.cli.root import app, main
 
@@ -25,6 +26,7 @@ from pe_export.cli.root import app, main
 COMMANDS = {
     "variants": listing.variants,
     "info": listing.info,
+    "preprocess": inputs.preprocess,
     "onnx": export.onnx_export,
     "check": export.check,
     "quantize": export.quantize,

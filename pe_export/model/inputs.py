@@ -1,0 +1,78 @@
+"""A file as the `pixel_values` a variant's artifact takes: PLM's thumbnail and tiles of an image, or its
+frames of a video; for every other variant the one resized image its artifacts take."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pe_export import artifacts
+from pe_export.errors import UsageError
+from pe_export.model.preprocess import preprocess
+from pe_export.model.tiles import TileGrid, plm_tiles
+from pe_export.model.video import is_video, plm_frames
+from pe_export.variants import Variant, get_variant
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """`pixel_values` (N, 3, S, S) float32 for one file, with how it was cut."""
+
+    pixel_values: np.ndarray
+    tokens_per_input: int  # output tokens per image, tile or frame
+    grid: TileGrid | None = None  # PLM images: the tiles after the thumbnail
+    frames: tuple[int, ...] | None = None  # PLM videos: the positions of the frames taken
+
+    @property
+    def tokens(self) -> int:
+        """The output tokens of the whole input (for PLM: the image tokens its prompt holds)."""
+        return len(self.pixel_values) * self.tokens_per_input
+
+    def describe(self) -> str:
+        count = len(self.pixel_values)
+        if self.grid is not None:
+            what = (f"thumbnail + {self.grid.columns}x{self.grid.rows} grid "
+                    f"({self.grid.tiles} tile{'s' if self.grid.tiles > 1 else ''})")
+        elif self.frames is not None:
+            what = f"{count} frame{'s' if count > 1 else ''} (of positions {self.frames[0]}..{self.frames[-1]})"
+        else:
+            what = "1 image"
+        return f"{what}: {count} x {self.tokens_per_input} = {self.tokens} tokens"
+
+
+def model_input(path: str | Path, variant: str | Variant) -> ModelInput:
+    """The input the variant's artifacts take for the image or video at `path`."""
+    variant = get_variant(variant)
+    if variant.family == "PLM":
+        if is_video(path):
+            frames, positions = plm_frames(path)
+            return ModelInput(frames.numpy(), variant.output_tokens, frames=tuple(positions))
+        tiles, grid = plm_tiles(path)
+        return ModelInput(tiles.numpy(), variant.output_tokens, grid=grid)
+    if is_video(path):
+        raise UsageError(f"{variant.name} takes images; video frames are PerceptionLM's input (use --variant PLM-1B, "
+                         "PLM-3B or PLM-8B)")
+    return ModelInput(preprocess(path, variant.image_size).numpy()[None], variant.output_tokens)
+
+
+def write_input(prepared: ModelInput, output: Path) -> Path:
+    """Save `pixel_values` as a .npy file, written whole or not at all."""
+    artifacts.prepare_destination(output)
+    with artifacts.staging(output) as work:
+        staged = work / output.name
+        with open(staged, "wb") as file:  # a file object: np.save would append .npy to a path
+            np.save(file, prepared.pixel_values)
+        artifacts.publish([staged], output)
+    return output
+
+
+def preprocess_file(path: str | Path, variant: str | Variant, output: Path) -> ModelInput:
+    """`pe-export preprocess`: the file's input for the variant, written to `output`."""
+    if output.suffix != ".npy":
+        raise UsageError(f"the output is a NumPy file: give a name ending in .npy, not {output.name}")
+    artifacts.prepare_destination(output)  # before the decode, which may take a while
+    prepared = model_input(path, variant)
+    write_input(prepared, output)
+    return prepared
