@@ -41,10 +41,10 @@ class Handoff(BaseModel):
     projector: str = PROJECTOR_FORM
 
 
-def handoff_of(outputs: list, inputs: list) -> Handoff | None:
+def handoff_of(options: dict, inputs: list, outputs: list) -> Handoff | None:
     """The hand-off of a graph whose output is PLM's image features (None for any other graph): from its
-    manifest's tensors, `[N, 3, S, S] -> [N, tokens, D]`."""
-    if not outputs or outputs[0].name != "image_features":
+    manifest's options and tensors, `[N, 3, S, S] -> [N, tokens, D]`."""
+    if options.get("output") != "image_features":
         return None
     *_, tokens, dim = outputs[0].shape
     return Handoff(embedding_dim=dim, tokens_per_tile=tokens, tile_size=inputs[0].shape[-1], dtype=outputs[0].dtype)

@@ -92,7 +92,7 @@ class GraphManifest(Manifest):
     @model_validator(mode="after")
     def _with_handoff(self) -> "GraphManifest":
         if self.handoff is None:
-            self.handoff = handoff_of(self.outputs, self.inputs)
+            self.handoff = handoff_of(self.options, self.inputs, self.outputs)
         return self
 
     @property

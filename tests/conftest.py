@@ -71,6 +71,20 @@ def t16_exports(fixtures, tmp_path_factory) -> FixtureExports:
     return FixtureExports(fixtures, tmp_path_factory.mktemp("t16-exports"))
 
 
+@pytest.fixture
+def plm_t16(monkeypatch):
+    """A PLM-shaped variant small enough for tests, registered for this test: the Spatial T16 tower (1024
+    patch tokens, so 256 image features per tile) and a projector to D 64."""
+    import dataclasses
+
+    from pe_export import variants
+
+    plm = dataclasses.replace(variants.get_variant("PE-Spatial-T16-512"), name="PLM-T16", family="PLM",
+                              projector_dim=64, timm_name="")
+    monkeypatch.setattr(variants, "VARIANTS", (*variants.VARIANTS, plm))
+    return plm
+
+
 @pytest.fixture(scope="session")
 def latency_report():
     """A latency report of planted rows: latency_report([("torch", 100.0), ("onnxruntime", 80.0, batch)])."""

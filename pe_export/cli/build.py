@@ -47,29 +47,38 @@ def trt(
     dla_core: Annotated[Optional[int], typer.Option(help="Jetson: run on this DLA core with GPU fallback.", min=0)] = None,
     tf32: Annotated[bool, flag("--tf32", help="--fp32: let TensorRT compute in TF32 (faster, misses the fp32 parity gate).")] = False,
     calib: Annotated[Optional[str], typer.Option(help="Calibration images for --int8/--fp8 (folder, glob or 'synthetic').")] = None,
+    layout: Annotated[Optional[tuple[str, Path]], typer.Option(metavar="trtllm DIR", help="Write the engine in TensorRT-LLM's multimodal layout: DIR/vision/model.engine (tensors input -> encoder_output) and DIR/vision/config.json.")] = None,
 ) -> None:
     """Build a strongly typed TensorRT engine; its precision comes from the ONNX graph.
 
     --int8 means: make (or reuse) the INT8 Q/DQ ONNX from the profile's calibration, then build.
     Without TensorRT or a GPU: one line saying what is missing, exit code 3, nothing written.
 
-    Example: pe-export trt -v L14 --checkpoint PE-Lang-L14-448.pt --int8 --profile pe-lang-l14-datacenter
+    Examples:
+
+        pe-export trt -v L14 --checkpoint PE-Lang-L14-448.pt --int8 --profile pe-lang-l14-datacenter
+
+        pe-export trt -v PLM-3B -c Perception-LM-3B/ --profile pe-plm-3b-datacenter --layout trtllm engines/plm-3b
     """
     from pe_export.pipeline.commands import trt_variant
 
     chosen = [name for name, on in (("fp16", fp16), ("bf16", bf16), ("int8", int8), ("fp8", fp8), ("fp32", fp32)) if on]
     if len(chosen) > 1:
         raise UsageError(f"choose one precision, not {' and '.join('--' + c for c in chosen)}")
+    if layout is not None and layout[0] != "trtllm":
+        raise UsageError(f"unknown layout '{layout[0]}'; the one layout is trtllm: --layout trtllm DIR")
     with stages("checking TensorRT and the GPU") as progress:
         result = trt_variant(
             source, chosen[0] if chosen else "fp16", profile=profile, output=output, calib=calib,
-            progress=progress, workspace_gib=workspace, opt_level=opt_level, timing_cache=timing_cache,
+            progress=progress, trtllm=layout[1] if layout else None, workspace_gib=workspace, opt_level=opt_level, timing_cache=timing_cache,
             hardware_compat=hardware_compat, version_compatible=version_compatible or None,
             dla_core=dla_core, tf32=tf32 or None, **(_profile_range(batch) if batch else {}),
         )
     m = result.manifest
     console.print(f"[green]{'reused' if result.reused else 'wrote'}[/] {result.path} ({m.precision}, "
                   f"{m.engine_bytes / 2**20:.1f} MiB, TensorRT {m.tensorrt}, {m.gpu['name']}, {m.build_seconds} s)")
+    if layout is not None:
+        console.print(f"[green]wrote[/] {result.path.parent / 'config.json'} (TensorRT-LLM's multimodal layout)")
     for note in result.notes:
         console.print(f"[yellow]note[/] {note}", highlight=False, soft_wrap=True)
 

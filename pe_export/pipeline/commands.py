@@ -93,19 +93,30 @@ def trt_variant(
     samples: int | None = None,
     progress: Progress = lambda step: None,
     gpu=None,
+    trtllm: Path | None = None,
     **overrides,
 ) -> EngineResult:
     """Check TensorRT, the GPU and the settings first (nothing is written without them), then make or
-    reuse the precision ONNX and build or reuse its engine."""
+    reuse the precision ONNX and build or reuse its engine. `trtllm`: a folder to write the engine into
+    in TensorRT-LLM's multimodal layout (`vision/model.engine` and `vision/config.json`) instead."""
     from pe_export.runners.tensorrt_env import import_tensorrt
+    from pe_export.trt import trtllm as layout
     from pe_export.trt.engine import check_build
 
     import_tensorrt()
     chosen = request_profile(source, precision, profile, calib, samples)
+    if trtllm is not None:
+        if output:
+            raise UsageError("give either --output-path or --layout trtllm DIR, not both")
+        layout.check_layout(chosen.export.output or get_variant(source.variant).default_output)
+        output, overrides = layout.engine_path(trtllm), {**overrides, "tensor_names": "trtllm"}
     settings, gpu = check_build(precision, chosen, gpu, **overrides)
     if output:
         artifacts.prepare_destination(Path(output))
-    return Plan(source, chosen, progress).engine(precision, settings, Path(output) if output else None, gpu)
+    engine = Plan(source, chosen, progress).engine(precision, settings, Path(output) if output else None, gpu)
+    if trtllm is not None:
+        layout.write_config(engine.path, engine.manifest)
+    return engine
 
 
 def openvino_variant(

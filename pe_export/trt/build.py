@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Union
+from typing import TYPE_CHECKING, Callable, Literal, Union
 
 from pydantic import Field, model_validator
 
@@ -33,6 +33,8 @@ class BuildSettings(TensorRTSection):
     """A profile's TensorRT section plus the precision and the optimization profile's batch range."""
 
     precision: PrecisionName = "fp16"
+    # the engine's tensor names: the ONNX's (pixel_values -> ...), or those TensorRT-LLM binds (input -> encoder_output)
+    tensor_names: Literal["onnx", "trtllm"] = "onnx"
     batch_min: int = Field(1, ge=1)
     batch_opt: int = Field(1, ge=1)
     batch_max: int = Field(1, ge=1)
@@ -179,6 +181,10 @@ def _configure(builder: trt.Builder, network: trt.INetworkDefinition, config: tr
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = settings.dla_core
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    if settings.tensor_names == "trtllm":
+        from pe_export.trt import trtllm
+
+        network.get_input(0).name, network.get_output(0).name = trtllm.INPUT, trtllm.OUTPUT
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)

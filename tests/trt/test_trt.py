@@ -408,3 +408,32 @@ def test_every_engine_key_field_decides_reuse(use_tensorrt, onnx_files, tmp_path
     steps.clear()
     ensure_engine(onnx_files["fused"], BuildSettings(opt_level=1), path, A100, steps.append)
     assert steps[0].startswith(f"building {path} again: engine was built for NVIDIA H200")
+
+
+def test_the_trtllm_layout_is_what_tensorrt_llm_loads(use_tensorrt, read_plan, plm_t16, tmp_path, monkeypatch):
+    """`trt --layout trtllm DIR` on a PLM-shaped model: vision/model.engine with the tensor names TensorRT-LLM's
+    multimodal runner binds, and the builder_config its multimodal builder writes."""
+    monkeypatch.chdir(tmp_path)
+    use_tensorrt("11.0.0")
+    plm = plm_t16
+    layout = tmp_path / "engines" / "plm"
+    result = trt_variant(ModelSource(plm, random_init=True), "fp16", gpu=H200, trtllm=layout, batch_opt=13, batch_max=37)
+    assert result.path == layout / "vision" / "model.engine"
+    recorded = read_plan(result.path)
+    assert [t["name"] for t in recorded["inputs"]] == ["input"] and [t["name"] for t in recorded["outputs"]] == ["encoder_output"]
+    config = json.loads((layout / "vision" / "config.json").read_text())
+    io_dtype = {"FLOAT": "float32", "HALF": "float16"}[result.manifest.inputs[0].dtype]
+    assert config["builder_config"] == {
+        "model_type": "llava", "model_name": "multiModal", "precision": io_dtype, "strongly_typed": True,
+        "max_batch_size": 37, "output_shape": [-1, 256, 64], "tensor_parallel": 1, "int8": False, "use_refit": False,
+        "use_strip_plan": False, "force_num_profiles": None}
+    ours = config["pe_export"]
+    assert ours["precision"] == "fp16" and ours["engine_identity"] == result.manifest.identity
+    assert ours["handoff"]["embedding_dim"] == 64 and ours["handoff"]["tokens_per_tile"] == 256
+    assert ours["handoff"]["image_token_id"] == 128002 and ours["batch"] == [1, 13, 37]
+    # the plain engine of the same ONNX keeps the ONNX's names; the layout's is its own artifact
+    plain = trt_variant(ModelSource(plm, random_init=True), "fp16", gpu=H200, batch_opt=13, batch_max=37)
+    assert [t.name for t in plain.manifest.outputs] == ["image_features"] and plain.path != result.path
+    with pytest.raises(UsageError, match="not pooled ones"):
+        trt_variant(ModelSource("PE-Core-T16-384", random_init=True), "fp16", gpu=H200, trtllm=tmp_path / "core")
+    assert not (tmp_path / "core").exists()
