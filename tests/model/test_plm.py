@@ -178,3 +178,36 @@ def test_a_plm_onnx_gives_image_features_for_any_tile_count(fixtures, tmp_path):
     hf = load_model(PLM_T16, _hf_checkpoint(fixtures, tmp_path / "model.safetensors")).source
     key = export_key(PLM_T16, hf, resolve(ExportOptions(target="ort"), PLM_T16))
     assert reusable(result.path, key, Digests())[0] == result.manifest
+
+
+def test_a_plm_model_goes_through_quantize_openvino_and_triton(plm_t16, fixtures, tmp_path, monkeypatch):
+    """Every later stage takes a PLM variant like any other: int8 from the Meta checkpoint (the projector
+    kept out of Q/DQ, as the shipped PLM profiles ask), the OpenVINO IR, a Triton model; each keeps the hand-off."""
+    import onnx
+
+    from pe_export.pipeline import Plan
+    from pe_export.precision.profiles import load_profile
+    from pe_export.runners import openvino as ov_runner
+    from pe_export.serving.repository import model_repository
+    from pe_export.source import ModelSource
+
+    monkeypatch.chdir(tmp_path)
+    profile = tmp_path / "plm.yaml"
+    profile.write_text("name: plm-t16\nvariant: PLM-T16\nexport: {target: ort}\ntensorrt: null\n"
+                       "calibration: {source: synthetic, samples: 8, batch_size: 4}\n"
+                       "quantization: {int8: {exclude: ['^conv1/', '^vision_projector\\.']}}\n"
+                       "parity: {int8: 0.99}\n")
+    plan = Plan(ModelSource(plm_t16, _meta_checkpoint(fixtures, tmp_path / "consolidated.pth")), load_profile(profile))
+    int8 = plan.precision("int8")
+    assert int8.parity.passed and int8.parity.cosine_mean >= 0.99 and int8.manifest.handoff.embedding_dim == 64
+    graph = onnx.load(str(int8.path), load_external_data=False).graph
+    fed_by = {out: node.op_type for node in graph.node for out in node.output}
+    quantized = {node.name for node in graph.node if node.op_type in ("MatMul", "Gemm")
+                 and any(fed_by.get(i) == "DequantizeLinear" for i in node.input)}
+    assert quantized and not any(name.startswith("vision_projector") for name in quantized)
+    assert any(name.startswith("transformer.resblocks.11.mlp") for name in quantized)
+    if ov_runner.runs("fp32"):
+        ir = plan.ir("fp32")
+        assert ir.parity.passed and ir.parity.cosine_mean >= 0.99999 and ir.manifest.handoff == plan.fp32().manifest.handoff
+    served = model_repository(int8.path, tmp_path / "models")
+    assert (served.model_dir / "config.pbtxt").is_file() and served.manifest.artifact.identity == int8.manifest.identity
