@@ -19,7 +19,13 @@ MAX_FRAMES = 32
 IMAGE_TOKEN_ID = 128002  # the id of PLM's image placeholder token, which the embeddings replace
 MEAN = STD = 0.5
 ORDER = "an image: its thumbnail, then its tiles row by row, each row left to right; a video: its frames in time order"
+_TENSORRT_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16"}  # engines' manifests name them so
 PROJECTOR_FORM = "2x2 mean before the second Linear"  # the same function as Meta's Linear-then-mean, 4x less GEMM
+
+
+def dtype_name(name: str) -> str:
+    """A tensor's dtype as NumPy and torch spell it (float32), whichever artifact's manifest it comes from."""
+    return _TENSORRT_DTYPES.get(name, name)
 
 
 class Handoff(BaseModel):
@@ -47,7 +53,8 @@ def handoff_of(options: dict, inputs: list, outputs: list) -> Handoff | None:
     if options.get("output") != "image_features":
         return None
     *_, tokens, dim = outputs[0].shape
-    return Handoff(embedding_dim=dim, tokens_per_tile=tokens, tile_size=inputs[0].shape[-1], dtype=outputs[0].dtype)
+    return Handoff(embedding_dim=dim, tokens_per_tile=tokens, tile_size=inputs[0].shape[-1],
+                   dtype=dtype_name(outputs[0].dtype))
 
 
 def image_embeddings(features: np.ndarray) -> np.ndarray:

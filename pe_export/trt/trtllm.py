@@ -15,12 +15,12 @@ from pathlib import Path
 
 from pe_export import artifacts
 from pe_export.errors import UsageError
+from pe_export.handoff import dtype_name
 from pe_export.manifests import EngineManifest
 
 INPUT, OUTPUT = "input", "encoder_output"  # the tensor names the runner binds
 MODEL_TYPE = "llava"
-# TensorRT's dtype names as TensorRT-LLM spells its precisions
-_PRECISIONS = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16"}
+PRECISIONS = ("float32", "float16", "bfloat16")  # the I/O dtypes TensorRT-LLM's config can name
 
 
 def engine_path(directory: Path) -> Path:
@@ -40,14 +40,15 @@ def builder_config(manifest: EngineManifest) -> dict:
     if (source.name, output.name) != (INPUT, OUTPUT):
         raise UsageError(f"this engine's tensors are {source.name} -> {output.name}; TensorRT-LLM binds "
                          f"{INPUT} -> {OUTPUT}: build it with the trtllm layout")
-    if source.dtype not in _PRECISIONS or output.dtype != source.dtype:
+    precision = dtype_name(source.dtype)
+    if precision not in PRECISIONS or dtype_name(output.dtype) != precision:
         raise UsageError(f"TensorRT-LLM feeds and reads one dtype (its `precision`); this engine takes {source.dtype} "
                          f"and gives {output.dtype}")
     return {
         "builder_config": {
             "model_type": MODEL_TYPE,
             "model_name": "multiModal",
-            "precision": _PRECISIONS[source.dtype],
+            "precision": precision,
             "strongly_typed": True,
             "max_batch_size": manifest.settings["batch_max"],
             "output_shape": [-1, *output.shape[1:]],

@@ -430,7 +430,8 @@ def test_the_trtllm_layout_is_what_tensorrt_llm_loads(use_tensorrt, read_plan, p
     ours = config["pe_export"]
     assert ours["precision"] == "fp16" and ours["engine_identity"] == result.manifest.identity
     assert ours["handoff"]["embedding_dim"] == 64 and ours["handoff"]["tokens_per_tile"] == 256
-    assert ours["handoff"]["image_token_id"] == 128002 and ours["batch"] == [1, 13, 37]
+    assert ours["handoff"]["image_token_id"] == 128002 and ours["handoff"]["dtype"] == io_dtype
+    assert ours["batch"] == [1, 13, 37]
     # the plain engine of the same ONNX keeps the ONNX's names; the layout's is its own artifact
     plain = trt_variant(ModelSource(plm, random_init=True), "fp16", gpu=H200, batch_opt=13, batch_max=37)
     assert [t.name for t in plain.manifest.outputs] == ["image_features"] and plain.path != result.path
