@@ -18,6 +18,7 @@ from pe_export.model.checkpoint import read_checkpoint
 from pe_export.pipeline import Plan
 from pe_export.pipeline.commands import openvino_variant, quantize_variant
 from pe_export.precision.profiles import cpu_profile
+from pe_export.processes import run_worker
 from pe_export.runners import openvino as ov_runner
 from pe_export.serving.repository import model_repository
 
@@ -150,8 +151,17 @@ def test_a_reused_chain_reads_each_file_once(chains, workdir, monkeypatch, fixtu
     chain = [*_files(plan.fp32()), *_files(int8), *_files(reused)]
     weights = sum(t.numel() * t.element_size() for t in read_checkpoint(fixtures.checkpoint(CORE)).values())
     assert len(chain) == 6 and plan.digests.hashed_bytes == weights + sum(p.stat().st_size for p in chain)
-    again = openvino_variant(source, "int8", calib="synthetic")  # the command: its own plan, no worker
-    assert again.reused and again.manifest == made.manifest
+    started: list[str] = []  # the command's own plan: one worker reads the weights' digest (torch), no other
+
+    def only_the_digest(module, job, *args, **kwargs):
+        started.append(job["job"])
+        if job["job"] != "digest":
+            pytest.fail(f"a reused chain started the {job['job']} worker")
+        return run_worker(module, job, *args, **kwargs)
+
+    monkeypatch.setattr("pe_export.pipeline.commands.run_worker", only_the_digest)
+    again = openvino_variant(source, "int8", calib="synthetic")
+    assert again.reused and again.manifest == made.manifest and started == ["digest"]
 
 
 def test_digests_are_keyed_on_the_file_not_its_name(tmp_path):
