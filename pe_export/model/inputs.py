@@ -58,8 +58,8 @@ def model_input(path: str | Path, variant: str | Variant) -> ModelInput:
 
 
 def write_input(prepared: ModelInput, output: Path) -> Path:
-    """Save `pixel_values` as a .npy file, written whole or not at all."""
-    artifacts.prepare_destination(output)
+    """Save `pixel_values` as a .npy file, written whole or not at all (`artifacts.prepare_destination`
+    checks the destination first)."""
     with artifacts.staging(output) as work:
         staged = work / output.name
         with open(staged, "wb") as file:  # a file object: np.save would append .npy to a path

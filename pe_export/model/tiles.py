@@ -15,10 +15,8 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from pe_export.handoff import MAX_TILES, TILE
 from pe_export.model.preprocess import ImageLike, normalize, open_image, preprocess
-
-TILE = 448
-MAX_TILES = 36
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from pe_export.errors import UsageError, require_extra
-from pe_export.handoff import MAX_FRAMES, MEAN, STD, TILE
+from pe_export.handoff import MAX_FRAMES, TILE
+from pe_export.model.preprocess import MEAN, STD
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 

@@ -12,11 +12,12 @@ from pe_export import artifacts
 from pe_export.artifacts import Digests
 from pe_export.errors import UsageError
 from pe_export.memory import rss_mb
+from pe_export.onnx.spec import resolve
 from pe_export.openvino.ir import Reference, source_precision
 from pe_export.pipeline import Plan
 from pe_export.pipeline.worker import DIGESTS
 from pe_export.precision.profiles import cpu_profile, resolve_profile
-from pe_export.precision.spec import request_profile
+from pe_export.precision.spec import export_options, request_profile
 from pe_export.precisions import get_precision
 from pe_export.processes import run_worker
 from pe_export.report import PrecisionResult
@@ -108,7 +109,7 @@ def trt_variant(
     if trtllm is not None:
         if output:
             raise UsageError("give either --output-path or --layout trtllm DIR, not both")
-        layout.check_layout(chosen.export.output or get_variant(source.variant).default_output)
+        layout.check_layout(resolve(export_options(chosen), get_variant(source.variant)).output)
         output, overrides = layout.engine_path(trtllm), {**overrides, "tensor_names": "trtllm"}
     settings, gpu = check_build(precision, chosen, gpu, **overrides)
     if output:
