@@ -17,6 +17,7 @@ import hashlib
 import pickle
 import re
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -158,6 +159,16 @@ def _from_timm(state: StateDict, path: Path) -> StateDict:
         if q is not None and kv is not None:
             out[f"attn_pool.attn.in_proj_{kind}"] = torch.cat([q, kv])
     return out
+
+
+def fit_projector(variant: Variant, state: StateDict) -> Variant:
+    """The PLM variant with the projector width D its checkpoint holds, when that width is no registered
+    variant's: a user's own VLM puts the PE-Lang tower before an LLM of another width. The strict check
+    that follows then holds the whole projector to that D."""
+    first = state.get("vision_projector.projector.0.weight")
+    if not variant.projector_dim or first is None or first.shape[0] == variant.projector_dim or guess_variant(state):
+        return variant
+    return replace(variant, projector_dim=int(first.shape[0]))
 
 
 def expected_shapes(variant: Variant) -> dict[str, tuple[int, ...]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from pe_export.artifacts import Digests
-from pe_export.model.checkpoint import check_keys, read_checkpoint, weights_digest
+from pe_export.model.checkpoint import check_keys, fit_projector, read_checkpoint, weights_digest
 from pe_export.hub import checkpoint_files, resolve_checkpoint
 from pe_export.model.pe import PEVisionTower
 from pe_export.source import ModelSource, WeightSource
@@ -66,6 +66,7 @@ def load_model(
 
     `checkpoint` is a local file or `hf://owner/repo/file`; `None` takes the variant's hub file
     (`facebook/<name>`). `random_init` gives deterministic random weights from `seed` instead.
+    A PLM variant takes its projector's width from the checkpoint (a user's own LLM width).
     Weights stored in another float type are cast to `dtype`. `digests` keeps the weights' digest (computed once per plan).
     """
     variant = get_variant(variant)
@@ -74,6 +75,7 @@ def load_model(
         return LoadedModel(variant, model.eval(), WeightSource(None, None, seed))
     path = resolve_checkpoint(variant, checkpoint)
     state = read_checkpoint(path)
+    variant = fit_projector(variant, state)
     check_keys(variant, state, path)
     digest = (digests or Digests()).derived(checkpoint_files(path), lambda: weights_digest(state))
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}

@@ -132,6 +132,35 @@ def test_sharded_checkpoints_load_from_any_part_or_their_folder(fixtures, tmp_pa
         load_model(PLM_T16, hf)
 
 
+def test_a_users_own_projector_width_comes_from_the_checkpoint(fixtures, tmp_path):
+    """A VLM of its own LLM width (D 48 here): the PLM variant takes D from the checkpoint, whose whole
+    projector is then held to it; a registered size's checkpoint under another PLM name is named."""
+    from pe_export.model.checkpoint import check_keys, expected_shapes, fit_projector
+
+    weights = reference.projector_weights(192, 48, 5)
+    state = {k: v for k, v in torch.load(_meta_checkpoint(fixtures, tmp_path / "plm.pth"), weights_only=True).items()
+             if not k.startswith("vision_projector.")}
+    torch.save({**state, **weights}, tmp_path / "own.pth")
+    loaded = load_model(PLM_T16, tmp_path / "own.pth")
+    assert loaded.variant.projector_dim == 48 and loaded.variant.name == "PLM-T16"
+    meta_form = Projector(192, 48, pool_first=False)
+    meta_form.load_state_dict({k.removeprefix("vision_projector."): v for k, v in weights.items()})
+    outputs = fixtures.outputs("PE-Spatial-T16-512")
+    with torch.no_grad():
+        got = loaded.model(torch.from_numpy(outputs["input"]))
+        expected = meta_form.eval()(torch.from_numpy(outputs["features_norm_strip"]))
+    assert got.shape == (1, 256, 48)
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=0, atol=2e-5)
+    weights["vision_projector.projector.2.weight"] = weights["vision_projector.projector.2.weight"][:, :40]
+    torch.save({**state, **weights}, tmp_path / "torn.pth")
+    with pytest.raises(CheckpointError, match=r"mis-shaped: vision_projector.projector.2.weight \[48, 40\] \(expected \[48, 48\]\)"):
+        load_model(PLM_T16, tmp_path / "torn.pth")
+    three = {k: torch.empty(s, device="meta") for k, s in expected_shapes(get_variant("PLM-3B")).items()}
+    assert fit_projector(get_variant("PLM-1B"), three) == get_variant("PLM-1B")
+    with pytest.raises(CheckpointError, match="is a PLM-3B checkpoint, not PLM-1B: use --variant PLM-3B"):
+        check_keys(get_variant("PLM-1B"), three, Path("consolidated.pth"))
+
+
 def test_the_plm_variants():
     one, three, eight = (get_variant(f"PLM-{size}") for size in ("1B", "3B", "8B"))
     assert (one.projector_dim, three.projector_dim, eight.projector_dim) == (2048, 3072, 4096)
