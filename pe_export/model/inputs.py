@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from pe_export import artifacts
 from pe_export.errors import UsageError
-from pe_export.model.preprocess import preprocess
+from pe_export.handoff import MAX_TILES
+from pe_export.model.preprocess import ImageLike, preprocess
 from pe_export.model.tiles import TileGrid, plm_tiles
 from pe_export.model.video import is_video, plm_frames
 from pe_export.variants import Variant, get_variant
@@ -42,19 +44,26 @@ class ModelInput:
         return f"{what}: {count} x {self.tokens_per_input} = {self.tokens} tokens"
 
 
+def image_pixels(image: ImageLike, size: int, max_tiles: int = 0) -> tuple[torch.Tensor, TileGrid | None]:
+    """An image as `pixel_values`: with `max_tiles`, PLM's thumbnail and tiles and their grid; without,
+    the one resized image. Inference, `preprocess` and the Triton image ensemble all cut images here."""
+    if max_tiles:
+        return plm_tiles(image, max_tiles, size)
+    return preprocess(image, size)[None], None
+
+
 def model_input(path: str | Path, variant: str | Variant) -> ModelInput:
     """The input the variant's artifacts take for the image or video at `path`."""
     variant = get_variant(variant)
-    if variant.family == "PLM":
-        if is_video(path):
-            frames, positions = plm_frames(path)
-            return ModelInput(frames.numpy(), variant.output_tokens, frames=tuple(positions))
-        tiles, grid = plm_tiles(path)
-        return ModelInput(tiles.numpy(), variant.output_tokens, grid=grid)
+    plm = variant.family == "PLM"
     if is_video(path):
-        raise UsageError(f"{variant.name} takes images; video frames are PerceptionLM's input (use --variant PLM-1B, "
-                         "PLM-3B or PLM-8B)")
-    return ModelInput(preprocess(path, variant.image_size).numpy()[None], variant.output_tokens)
+        if not plm:
+            raise UsageError(f"{variant.name} takes images; video frames are PerceptionLM's input (use --variant "
+                             "PLM-1B, PLM-3B or PLM-8B)")
+        frames, positions = plm_frames(path)
+        return ModelInput(frames.numpy(), variant.output_tokens, frames=tuple(positions))
+    pixels, grid = image_pixels(path, variant.image_size, MAX_TILES if plm else 0)
+    return ModelInput(pixels.numpy(), variant.output_tokens, grid=grid)
 
 
 def write_input(prepared: ModelInput, output: Path) -> Path:

@@ -84,7 +84,7 @@ def model_repository(artifact: Path, repository: Path, options: ServingOptions =
     engine = artifact.suffix in ENGINE_SUFFIXES
     name = model_name(manifest, options, engine)
     text = config_text(name, manifest, options, engine, artifact.name)
-    image_models = image_model_configs(name, manifest) if options.images else {}
+    image_models = image_model_configs(name, manifest, options, engine) if options.images else {}
     target = repository / name
     config = target / "config.pbtxt"
     key = {"artifact": manifest.identity, "config": text}
@@ -121,27 +121,37 @@ def write_image_models(repository: Path, configs: dict[str, str]) -> None:
             _swap_in(scratch, target)
 
 
-def image_model_configs(name: str, manifest: GraphManifest) -> dict[str, str]:
+def image_model_configs(name: str, manifest: GraphManifest, options: ServingOptions, engine: bool) -> dict[str, str]:
     """`<name>_preprocess` (encoded image -> pixels, pe-export's preprocessing on Triton's python
     backend) and `<name>_images`, the ensemble that chains it to the model so that clients send image
     files: their config.pbtxt by model name.
 
     One image per request (its bytes vary in length, so Triton cannot batch them): the ensemble
-    hands the model a batch of one, which dynamic batching then gathers with others."""
+    hands the model a batch of one, which dynamic batching then gathers with others; a PerceptionLM
+    image is its thumbnail and tiles, one batch of 2 to 1 + max tiles."""
     inputs, outputs = manifest.inputs, manifest.outputs
+    max_tiles = manifest.handoff.max_tiles if manifest.handoff else 0
     batch = manifest.static_batch
-    if batch not in (None, 1):
+    if batch not in (None, 1) or (max_tiles and batch is not None):
         raise UsageError(f"--images sends one image per request, and this artifact takes batches of exactly {batch}; "
-                         "export it with a dynamic batch or batch 1")
+                         "export it with a dynamic batch" + ("" if max_tiles else " or batch 1"))
+    limit = _batch_limit(manifest, options, engine) if batch is None else 1
+    if max_tiles and limit < max_tiles + 1:
+        raise UsageError(f"--images cuts a PerceptionLM image into a thumbnail and up to {max_tiles} tiles, "
+                         f"{max_tiles + 1} inputs in one batch, more than the model's batch limit {limit}: serve it "
+                         f"with --max-batch {max_tiles + 1} or more (an engine: build it with a batch max of "
+                         f"{max_tiles + 1}, as the pe-plm profiles do)")
     size = inputs[0].shape[-1]
     preprocess, ensemble = f"{name}{PREPROCESS_SUFFIX}", f"{name}{IMAGES_SUFFIX}"
-    one = lambda shape: ", ".join(str(d) for d in [1, *shape[1:]])  # noqa: E731 - a batch of one
+    count = -1 if max_tiles else 1  # the batch one image makes
+    one = lambda shape: ", ".join(str(d) for d in [count, *shape[1:]])  # noqa: E731 - one image's batch
     image_input = 'input [{ name: "image" data_type: TYPE_UINT8 dims: [-1] }]'
     preprocess_config = "\n".join([
         f'name: "{preprocess}"', 'backend: "python"', "max_batch_size: 0", image_input,
         f'output [{{ name: "pixels" data_type: TYPE_FP32 dims: [{one(inputs[0].shape)}] }}]',
         "instance_group [{ kind: KIND_CPU count: 1 }]",
-        f'parameters {{ key: "pe_export.image_size" value: {{ string_value: "{size}" }} }}']) + "\n"
+        *(f'parameters {{ key: "pe_export.{key}" value: {{ string_value: "{value}" }} }}'
+          for key, value in (("image_size", size), ("max_tiles", max_tiles)))]) + "\n"
     steps = [
         f'{{ model_name: "{preprocess}" model_version: -1 input_map {{ key: "image" value: "image" }} '
         'output_map { key: "pixels" value: "pixels" } }',
@@ -214,7 +224,8 @@ def _batch_limit(manifest: GraphManifest, options: ServingOptions, engine: bool)
             raise UsageError(f"the engine's profile takes batches up to {engine_max}; "
                              f"--max-batch {options.max_batch_size} is more than it can run")
         return options.max_batch_size or engine_max
-    return options.max_batch_size or 8
+    # a PerceptionLM image is its thumbnail and up to max_tiles tiles, all in one batch
+    return options.max_batch_size or (manifest.handoff.max_tiles + 1 if manifest.handoff else 8)
 
 
 def _opt(manifest: GraphManifest) -> int | None:

@@ -175,7 +175,7 @@ def running_server(artifact: Path, options: ServingOptions = ServingOptions(inst
     manifest = served_manifest(artifact, variant)
     engine = artifact.suffix in ENGINE_SUFFIXES
     name = model_name(manifest, options, engine)
-    image_models = image_model_configs(name, manifest) if options.images else {}
+    image_models = image_model_configs(name, manifest, options, engine) if options.images else {}
     runner = "tensorrt" if engine else "onnxruntime-cuda" if options.instance_kind == "gpu" else "onnxruntime"
     _require_runner(runner)
     install = find_triton(tritonserver)

@@ -100,6 +100,7 @@ def test_images_adds_a_preprocessing_model_and_an_ensemble(exported, tmp_path):
         ("image", "TYPE_UINT8", [-1])]
     assert [(o.name, list(o.dims)) for o in preprocess.output] == [("pixels", [1, 3, 512, 512])]
     assert preprocess.parameters["pe_export.image_size"].string_value == "512"
+    assert preprocess.parameters["pe_export.max_tiles"].string_value == "0"  # one image, no tiles
     assert (models / "pe_preprocess" / "1" / "model.py").read_text() == (
         Path(repository_module.__file__).with_name("preprocess_model.py").read_text())
     ensemble = _parsed((models / "pe_images" / "config.pbtxt").read_text())
