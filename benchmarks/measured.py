@@ -11,9 +11,16 @@ import sys
 import threading
 import time
 
+from pathlib import Path
+
+from pe_export.memory import release_memory
+from pe_export.pipeline import Plan
+from pe_export.precision.profiles import cpu_profile, find_profile
 from pe_export.processes import process_tree
+from pe_export.source import ModelSource
 
 CLI = [sys.executable, "-m", "pe_export.cli"]
+DEFAULT_PROFILES = {"PE-Lang-L14-448": "pe-lang-l14-datacenter"}  # L14's int8 is made from its datacenter profile
 
 
 def run_measured(args: list[str]) -> dict:
@@ -45,3 +52,15 @@ def tree_rss(root: int) -> int:
     """Bytes resident now in `root` and all its descendants: for a server's tree, sampled under load
     (wait4 only reports a process tree's peak once it has ended)."""
     return sum(process_tree(root).values())
+
+
+def made_artifact(variant: str, precision: str, profile_name: str | None) -> Path:
+    """A random-weights artifact of the variant at the precision, made or reused (L14: from its datacenter
+    profile, others: the CPU profile); the torch weights are freed before anything is timed."""
+    name = profile_name or DEFAULT_PROFILES.get(variant)
+    profile = find_profile(name) if name else cpu_profile(variant)
+    plan = Plan(ModelSource(variant, random_init=True), profile, lambda step: print(f"  {step}", flush=True))
+    path = plan.precision(precision).path
+    del plan
+    release_memory()
+    return path

@@ -25,19 +25,15 @@ from pathlib import Path
 
 from pe_export.manifests import read_manifest
 from pe_export.memory import release_memory
-from pe_export.source import ModelSource
-from pe_export.precision.profiles import cpu_profile, find_profile
-from pe_export.pipeline import Plan
 from pe_export.runners import open_runner
 from pe_export.serving.loadtest import request_batch, run_level, served_model
 from pe_export.serving.repository import ServingOptions
 from pe_export.serving.server import ServerSettings, free_ports, running_server
 from pe_export.validate import BENCH_SEED, seeded_batch
 from pe_export.variants import get_variant
-from measured import tree_rss  # beside this script
+from measured import made_artifact, tree_rss  # beside this script
 
 MIN_THROUGHPUT_RATIO, MAX_RSS_OVER_WEIGHTS = 0.9, 1.5
-DEFAULT_PROFILES = {"PE-Lang-L14-448": "pe-lang-l14-datacenter"}
 
 
 def main() -> None:
@@ -55,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
 
     variant = get_variant(args.variant)
-    artifact = args.artifact or _artifact(variant.name, args.precision, args.profile)
+    artifact = args.artifact or made_artifact(variant.name, args.precision, args.profile)
     weights = read_manifest(artifact).file_bytes()
     args.max_batch = args.max_batch or args.concurrency
     direct = _direct_ips(artifact, variant.name, args.max_batch, args.seconds)
@@ -73,17 +69,6 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"serving_{variant.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     sys.exit(0 if result["passed"] else 1)
-
-
-def _artifact(variant: str, precision: str, profile_name: str | None) -> Path:
-    """The artifact, made or reused; the torch weights are freed before anything is timed."""
-    name = profile_name or DEFAULT_PROFILES.get(variant)
-    profile = find_profile(name) if name else cpu_profile(variant)
-    plan = Plan(ModelSource(variant, random_init=True), profile, lambda step: print(f"  {step}", flush=True))
-    path = plan.precision(precision).path
-    del plan
-    release_memory()
-    return path
 
 
 def _direct_ips(artifact: Path, variant: str, batch: int, seconds: float) -> float:

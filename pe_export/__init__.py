@@ -43,12 +43,15 @@ _API = {
     "running_server": "pe_export.serving.server",
     "LoadSettings": "pe_export.serving.loadtest",
     "run_loadtest": "pe_export.serving.loadtest",
+    "EmbedOptions": "pe_export.embed",
+    "embed": "pe_export.embed",
 }
 __all__ = ["__version__", *_API]
 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__ imports on demand
     from pe_export.bench.bench import BenchSettings, bench_variant
     from pe_export.bench.parity import parity_variant
+    from pe_export.embed import EmbedOptions, embed
     from pe_export.model import load_model
     from pe_export.model.info import describe
     from pe_export.model.preprocess import preprocess_batch

@@ -11,6 +11,7 @@ Where to look:
 - serving.py: triton, serve, loadtest
 - measure.py: parity, bench
 - inputs.py: preprocess
+- embedding.py: embed
 
 Each command module holds its commands with their own options and printing; the table below
 registers them. Library modules are imported inside the commands (`pe-export --help` imports no torch).
@@ -18,7 +19,7 @@ registers them. Library modules are imported inside the commands (`pe-export --h
 
 from __future__ import annotations
 
-from pe_export.cli import build, export, inputs, listing, measure, serving
+from pe_export.cli import build, embedding, export, inputs, listing, measure, serving
 from pe_export.cli.output import console, err_console
 from pe_export.cli.root import app, main
 
@@ -39,6 +40,7 @@ COMMANDS = {
     "profiles": listing.profiles,
     "parity": measure.parity,
     "bench": measure.bench,
+    "embed": embedding.embed,
 }
 for _name, _command in COMMANDS.items():
     app.command(_name)(_command)
