@@ -4,8 +4,9 @@ machine, then `embed --engine ray` on a local Ray, over the same generated JPEGs
     python benchmarks/embed.py --variant PE-Core-B16-224 --precision fp32 --images 256
     python benchmarks/embed.py --variant L14 --precision int8 --images 48
 
-Targets: local >= 0.9x the ceiling, Ray >= 0.8x local (images per second over the whole call, Ray's
-start included; its rate after the first shard is reported too). The peak resident memory of the
+Targets: local >= 0.9x the ceiling, Ray >= 0.8x local (images per second over the whole call: opening
+the runner and Ray's start included, which the ceiling's loop is not; the rates after the first shard
+are reported beside, as their steady state). The peak resident memory of the
 whole process tree (Ray's raylet and workers are this process's descendants) is sampled every 0.1 s.
 Random weights; the artifact is made or reused as `benchmarks/serving.py` makes it.
 """
@@ -57,7 +58,10 @@ def main() -> None:
         local, ray = runs["local"], runs["ray"]
     result = {"variant": variant.name, "artifact": artifact.name, "images": args.images, "batch": batch,
               "cpu": _cpu(), "ceiling_ips": round(ceiling, 3), "local": local, "ray": ray,
-              "local_over_ceiling": round(local["ips"] / ceiling, 3), "ray_over_local": round(ray["ips"] / local["ips"], 3)}
+              "local_over_ceiling": round(local["ips"] / ceiling, 3), "ray_over_local": round(ray["ips"] / local["ips"], 3),
+              # without the start-up (opening the runner, Ray's start): the rates after the first shard
+              "steady_local_over_ceiling": _ratio(local["ips_after_first_shard"], ceiling),
+              "steady_ray_over_local": _ratio(ray["ips_after_first_shard"], local["ips_after_first_shard"])}
     result["passed"] = result["local_over_ceiling"] >= LOCAL_OVER_CEILING and result["ray_over_local"] >= RAY_OVER_LOCAL
     _print(result)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -113,6 +117,10 @@ def _measured(call, images: int) -> dict:
             "peak_tree_rss_mib": round(peak[0] / 2**20)}
 
 
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
 def _cpu() -> str:
     lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
     return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")), "unknown CPU")
@@ -127,7 +135,8 @@ def _print(r: dict) -> None:
         print(f"| embed --engine {name} | {row['ips']:.2f} | {row['ips_after_first_shard']} | {row['seconds']:.1f} | "
               f"{row['peak_tree_rss_mib']} |")
     print(f"\nlocal / ceiling {r['local_over_ceiling']:.2f} (target >= {LOCAL_OVER_CEILING}), ray / local "
-          f"{r['ray_over_local']:.2f} (target >= {RAY_OVER_LOCAL}): {'PASS' if r['passed'] else 'MISS'}")
+          f"{r['ray_over_local']:.2f} (target >= {RAY_OVER_LOCAL}): {'PASS' if r['passed'] else 'MISS'}; after the "
+          f"first shard: local / ceiling {r['steady_local_over_ceiling']}, ray / local {r['steady_ray_over_local']}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ from pe_export.embed.job import EmbedOptions, Rows, Shard, pixels_of, run_batch
 from pe_export.embed.output import Failure, ShardResult
 from pe_export.embed.sources import ImageFailed, Item
 
+DECODE_CPUS = 0.5
+
 
 def _decode(row: dict[str, Any], size: int) -> dict[str, Any]:
     """A Ray task: one image's pixels, or zeros and the reason it failed."""
@@ -62,12 +64,14 @@ def ray_results(shards: list[Shard], artifact: Path, size: int, batch: int, rows
         items = [{"shard": s.index, "id": i.id, "path": i.path or "", "data": i.data or b"", "has_data": i.data is not None}
                  for s in shards for i in s.items]
         embedded = (ray.data.from_items(items)
-                    .map(_decode, fn_kwargs={"size": size})
+                    # fewer CPUs than the actors ask keeps decoding in tasks of its own, not fused into the actors
+                    .map(_decode, fn_kwargs={"size": size}, num_cpus=DECODE_CPUS)
                     .map_batches(_Embedder, batch_size=batch, batch_format="numpy", concurrency=options.workers or 1,
                                  num_gpus=options.gpus_per_worker or None,
                                  fn_constructor_kwargs={"artifact": str(artifact.resolve()), "backend": options.backend,
                                                         "threads": options.threads, "batch": batch, "rows": rows,
-                                                        "static": static}))
+                                                        "static": static},
+                                 max_restarts=0))  # a lost actor fails the run, which a rerun resumes
         yield from _grouped(iter(embedded.iter_rows()), shards, rows)
     finally:
         if started:
