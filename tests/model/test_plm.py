@@ -211,7 +211,8 @@ def test_a_plm_onnx_gives_image_features_for_any_tile_count(fixtures, tmp_path):
 
 def test_a_plm_model_goes_through_quantize_openvino_and_triton(plm_t16, fixtures, tmp_path, monkeypatch):
     """Every later stage takes a PLM variant like any other: int8 from the Meta checkpoint (the projector
-    kept out of Q/DQ, as the shipped PLM profiles ask), the OpenVINO IR, a Triton model; each keeps the hand-off."""
+    kept out of Q/DQ, as the shipped PLM profiles ask), the OpenVINO IR, a Triton model and its image
+    ensemble on a real server; each keeps the hand-off."""
     import onnx
 
     from pe_export.pipeline import Plan
@@ -240,36 +241,33 @@ def test_a_plm_model_goes_through_quantize_openvino_and_triton(plm_t16, fixtures
         assert ir.parity.passed and ir.parity.cosine_mean >= 0.99999 and ir.manifest.handoff == plan.fp32().manifest.handoff
     served = model_repository(int8.path, tmp_path / "models")
     assert (served.model_dir / "config.pbtxt").is_file() and served.manifest.artifact.identity == int8.manifest.identity
+    _serve_an_image(plm_t16, int8.path, tmp_path)
 
 
-def test_the_triton_image_ensemble_cuts_plm_images_as_preprocess_does(plm_t16, fixtures, tmp_path):
+def _serve_an_image(plm, artifact: Path, tmp_path: Path) -> None:
     """On a real Triton server: one encoded image in, the features of its thumbnail and tiles out, equal
     to the artifact run on `preprocess`'s input for the same file; a batch limit below 1 + 36 is refused."""
     from PIL import Image
 
     from pe_export.errors import UsageError
     from pe_export.model.inputs import model_input
-    from pe_export.onnx.export import ExportOptions, export_variant
     from pe_export.runners import open_runner
     from pe_export.serving.client import TritonClient
     from pe_export.serving.repository import ServingOptions, model_repository
     from pe_export.serving.server import ServerSettings, free_ports, running_server
-    from pe_export.source import ModelSource
 
-    result = export_variant(ModelSource(plm_t16, _meta_checkpoint(fixtures, tmp_path / "consolidated.pth")),
-                            options=ExportOptions(target="ort"), output=tmp_path / "plm.onnx")
     with pytest.raises(UsageError, match="more than the model's batch limit 8: serve it with --max-batch 37"):
-        model_repository(result.path, tmp_path / "models", ServingOptions(max_batch_size=8, images=True))
-    assert not (tmp_path / "models").exists()
+        model_repository(artifact, tmp_path / "small", ServingOptions(max_batch_size=8, images=True))
+    assert not (tmp_path / "small").exists()
     picture = tmp_path / "wide.png"
     Image.fromarray(np.random.default_rng(4).integers(0, 256, (150, 1200, 3), dtype=np.uint8)).save(picture)
-    prepared = model_input(picture, plm_t16)
+    prepared = model_input(picture, plm)
     assert (prepared.grid.columns, prepared.grid.rows) == (16, 2) and prepared.pixel_values.shape == (33, 3, 512, 512)
-    with open_runner(result.path) as runner:
+    with open_runner(artifact) as runner:
         expected = runner.run(prepared.pixel_values)
     http_port, grpc_port, metrics_port = free_ports(3)
     settings = ServerSettings(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, start_seconds=120)
-    with running_server(result.path, ServingOptions(name="plm", instance_kind="cpu", images=True), settings) as server:
+    with running_server(artifact, ServingOptions(name="plm", instance_kind="cpu", images=True), settings) as server:
         client = TritonClient(server.url)
         try:
             got = client.infer("plm_images", "image", "image_features", np.frombuffer(picture.read_bytes(), np.uint8))
@@ -277,3 +275,4 @@ def test_the_triton_image_ensemble_cuts_plm_images_as_preprocess_does(plm_t16, f
             client.close()
     assert got.shape == (33, 256, 64)
     assert compare(expected, got).cosine_min >= 0.99999
+
