@@ -11,15 +11,15 @@ runner per actor).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pe_export import artifacts
 from pe_export.artifacts import Digests
-from pe_export.embed.job import EmbedOptions, Rows, default_batch, rows_for, shards_of
-from pe_export.embed.output import finish, locked, start, write_shard
+from pe_export.embed.job import EmbedOptions, Rows, Shard, default_batch, rows_for, shards_of
+from pe_export.embed.output import ShardResult, finish, locked, start, write_shard
 from pe_export.embed.sources import read_source, source_digest
 from pe_export.errors import UsageError, require_extra
 from pe_export.handoff import MEAN, STD
@@ -91,8 +91,8 @@ def _artifact_manifest(artifact: Path) -> GraphManifest:
     return manifest
 
 
-def _results(pending, artifact: Path, manifest: GraphManifest, size: int, batch: int, rows: Rows,
-             options: EmbedOptions):
+def _results(pending: list[Shard], artifact: Path, manifest: GraphManifest, size: int, batch: int, rows: Rows,
+             options: EmbedOptions) -> Iterator[ShardResult]:
     """The pending shards' results from the chosen engine, in order."""
     if not pending:
         return
