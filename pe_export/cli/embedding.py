@@ -70,7 +70,7 @@ def embed(
     except ValidationError as exc:
         raise UsageError(f"bad embed options: {first_error(exc)}") from None
     bar = Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                   TimeRemainingColumn(), console=console, transient=True)
+                   TimeRemainingColumn(), console=console, transient=True, disable=not console.is_terminal)
     with bar:
         task = bar.add_task("embedding", total=None, rate="")
 

@@ -1,6 +1,6 @@
 """What `embed` reads: the images of a source, in a fixed order, and each one as the model's input.
 
-A source is a folder (its images, recursively), a glob (`photos/**/*.jpg`), a text file of image
+A source is a folder (its images, recursively), a glob (`photos/**/*.jpg`), one image, a text file of image
 paths (one a line; relative paths are taken from the file's folder), or a Parquet file with a column
 of paths or of encoded image bytes. Every image gets an id: its path as given, or for image bytes
 the row number (or the file's `id` column where it has one).
@@ -19,9 +19,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pe_export.errors import UsageError, require_extra
+from pe_export.images import IMAGE_SUFFIXES, image_files
 from pe_export.model.preprocess import preprocess
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 PATH_COLUMNS = ("path", "image_path", "file", "filename", "url")
 BYTES_COLUMNS = ("image", "bytes", "image_bytes", "jpg", "png")
 
@@ -43,14 +43,14 @@ def read_source(source: str, column: Optional[str] = None) -> list[Item]:
     """The images of `source` in their order (sorted paths for folders and globs, the file's order for
     lists and Parquet); an empty or unreadable source is a UsageError."""
     path = Path(source)
-    if path.is_dir():
-        items = [Item(str(p), str(p)) for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
-    elif path.suffix == ".parquet":
+    if path.is_dir() or (glob.has_magic(source) and not path.exists()):
+        items = [Item(str(p), str(p)) for p in image_files(source)]
+    elif path.suffix == ".parquet" and path.is_file():
         items = _parquet_items(path, column)
+    elif path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        items = [Item(source, source)]
     elif path.is_file():
         items = _listed_items(path)
-    elif glob.has_magic(source):
-        items = [Item(p, p) for p in sorted(glob.glob(source, recursive=True)) if Path(p).is_file()]
     else:
         raise UsageError(f"source not found: {source}; give a folder, a glob, a text file of paths or a Parquet file")
     if not items:
@@ -59,10 +59,13 @@ def read_source(source: str, column: Optional[str] = None) -> list[Item]:
 
 
 def source_digest(items: list[Item]) -> str:
-    """The sha256 of the ids in order: what a rerun must find to resume the same job."""
+    """The sha256 of the ids in order, and of the bytes of images held in the source itself: what a rerun
+    must find to resume the same job."""
     digest = hashlib.sha256()
     for item in items:
         digest.update(item.id.encode() + b"\0")
+        if item.data is not None:
+            digest.update(hashlib.sha256(item.data).digest())
     return digest.hexdigest()
 
 

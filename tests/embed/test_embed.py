@@ -213,3 +213,14 @@ def test_a_second_run_on_a_folder_being_written_is_refused(images, core, tmp_pat
         with pytest.raises(UsageError, match="another pe-export embed is writing"):
             embed(str(images), core, tmp_path / "out", EmbedOptions())
     assert not list((tmp_path / "out").glob("part-*"))
+
+
+def test_a_glob_and_a_single_image_are_sources_too(images, core, tmp_path):
+    pngs = embed(str(images / "00*.png"), core, tmp_path / "glob", EmbedOptions())
+    one = embed(str(images / "004.png"), core, tmp_path / "one", EmbedOptions())
+    glob_ids, glob_rows = _rows(tmp_path / "glob")
+    assert glob_ids == [str(images / n) for n in ("001.png", "004.png", "007.png")] and pngs.manifest["counts"]["failed"] == 0
+    one_ids, one_rows = _rows(tmp_path / "one")
+    assert one_ids == [str(images / "004.png")] and one.manifest["counts"]["images"] == 1
+    assert compare(_expected(core, one_ids, CORE), one_rows).cosine_min >= 0.99999
+    assert compare(glob_rows[1:2], one_rows).cosine_min >= 0.99999
