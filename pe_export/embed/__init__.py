@@ -24,6 +24,7 @@ from pe_export.embed.sources import read_source, source_digest
 from pe_export.errors import UsageError, require_extra
 from pe_export.handoff import MEAN, STD
 from pe_export.manifests import GraphManifest, read_manifest
+from pe_export.runners import get_backends
 from pe_export.validate import check_artifact
 from pe_export.variants import get_variant
 
@@ -48,6 +49,7 @@ def embed(source: str, artifact: Path, out: Path, options: EmbedOptions = EmbedO
         require_extra("ray", "--engine ray", "ray")
     artifact = Path(artifact)
     manifest = _artifact_manifest(artifact)
+    _check_backend(options.backend, artifact)
     variant = get_variant(manifest.variant)
     rows = rows_for(manifest, variant, options.reduce)
     size = int(manifest.inputs[0].shape[-1])
@@ -89,6 +91,16 @@ def _artifact_manifest(artifact: Path) -> GraphManifest:
         raise UsageError(f"{artifact} no longer matches its manifest (changed or incomplete since it was made); "
                          "make it again with pe-export")
     return manifest
+
+
+def _check_backend(name: str | None, artifact: Path) -> None:
+    """Refuse, before any work, a runner backend that is unknown, missing here, or cannot run the artifact."""
+    if name is None:
+        return
+    backend = get_backends([name])[0]
+    if not backend.opens(artifact):
+        raise UsageError(f"{name} cannot run {artifact.suffix} files ({artifact.name})")
+    backend.require()
 
 
 def _results(pending: list[Shard], artifact: Path, manifest: GraphManifest, size: int, batch: int, rows: Rows,

@@ -1,6 +1,6 @@
 """One embedding job: the artifact, the source's images cut into shards, and how outputs become rows.
 
-Both engines (this machine's threads, or Ray Data) take the same `Job` and give the same
+Both engines (this machine's threads, or Ray Data) take the same shards and rows and give the same
 `ShardResult`s; `pe_export.embed.embed` writes them.
 """
 

@@ -170,6 +170,8 @@ BAD = {
     "no manifest": (["{images}", "-a", "{stray}"], "has no manifest beside it"),
     "missing column": (["{parquet}", "--column", "nope"], "has no column 'nope' (its columns: path)"),
     "wrong static batch": (["{images}", "--batch", "3", "-a", "{static}"], "takes batches of exactly 2; drop --batch"),
+    "unknown backend": (["{images}", "--backend", "onnx"], "unknown backend(s) onnx; choose from"),
+    "backend for another type": (["{images}", "--backend", "tensorrt"], "tensorrt cannot run .onnx files"),
 }
 
 

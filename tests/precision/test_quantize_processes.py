@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from pe_export import artifacts
 from pe_export.manifests import read_manifest
@@ -71,8 +72,10 @@ def test_killed_quantize_takes_its_worker_along_and_the_next_write_frees_its_sta
     finally:
         run.kill()
     assert not target.exists() and [p.name for p in target.parent.iterdir() if p.name.endswith(".partial")]
-    done = subprocess.run([*CLI, "onnx", "-v", SPATIAL, "--random-init", "--target", "jetson",
-                           "-o", str(target.parent / "other.onnx")], cwd=tmp_path, capture_output=True, text=True)
+    picture = tmp_path / "photo.png"
+    Image.new("RGB", (64, 48), (200, 30, 90)).save(picture)
+    done = subprocess.run([*CLI, "preprocess", str(picture), "-v", SPATIAL, "--out", str(target.parent / "x.npy")],
+                          cwd=tmp_path, capture_output=True, text=True)  # any write into the folder
     assert done.returncode == 0, done.stderr
     assert "removed 1 unfinished staging folder of killed runs" in " ".join(done.stdout.split())
     assert not [p for p in target.parent.iterdir() if p.name.endswith(".partial")]
