@@ -170,6 +170,13 @@ def files_match(artifact: Path, manifest: Manifest, digests: Digests) -> bool:
     return True
 
 
+def check_unchanged(artifact: Path, manifest: Manifest, digests: Digests) -> None:
+    """Refuse an artifact whose files no longer match its manifest, before a stage uses it."""
+    if not files_match(artifact, manifest, digests):
+        raise UsageError(f"{artifact} no longer matches its manifest (changed or incomplete since it was made); "
+                         "make it again with pe-export")
+
+
 def flat_key(data: dict, prefix: str = "") -> dict[str, object]:
     flat: dict[str, object] = {}
     for name, value in data.items():

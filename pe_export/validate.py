@@ -16,7 +16,7 @@ from pe_export.errors import UsageError
 from pe_export.precisions import get_precision
 from pe_export.report import ParityRow
 from pe_export.runners import ARTIFACT_SUFFIXES, BACKENDS, default_backend, open_runner
-from pe_export.variants import Variant
+from pe_export.variants import Variant, get_variant
 
 if TYPE_CHECKING:
     import torch
@@ -145,6 +145,17 @@ def missing_external_data(model: onnx.ModelProto, path: Path) -> list[tuple[str,
         elif file.stat().st_size < needed:
             problems.append((tensor.name, f"external data file {file.name} is shorter than its tensors need"))
     return problems
+
+
+def artifact_manifest(artifact: Path, variant: str | None = None) -> GraphManifest:
+    """The manifest of an artifact pe-export made, checked (for `variant` when one is named) before any
+    weights load: what serving and embedding start from."""
+    manifest = read_manifest(artifact) if artifact.is_file() else None
+    if not isinstance(manifest, GraphManifest):
+        raise UsageError(f"{artifact} has no manifest beside it; make artifacts with pe-export onnx, quantize, trt "
+                         "or openvino")
+    check_artifact(artifact, get_variant(variant or manifest.variant))
+    return manifest
 
 
 def check_artifact(path: Path, variant: Variant) -> None:

@@ -23,9 +23,9 @@ from pe_export.embed.output import ShardResult, finish, locked, start, write_sha
 from pe_export.embed.sources import read_source, source_digest
 from pe_export.errors import UsageError, require_extra
 from pe_export.handoff import MEAN, STD
-from pe_export.manifests import GraphManifest, read_manifest
+from pe_export.manifests import GraphManifest
 from pe_export.runners import get_backends
-from pe_export.validate import check_artifact
+from pe_export.validate import artifact_manifest
 from pe_export.variants import get_variant
 
 __all__ = ["EmbedOptions", "EmbedResult", "embed"]
@@ -48,7 +48,8 @@ def embed(source: str, artifact: Path, out: Path, options: EmbedOptions = EmbedO
     if options.engine == "ray":
         require_extra("ray", "--engine ray", "ray")
     artifact = Path(artifact)
-    manifest = _artifact_manifest(artifact)
+    manifest = artifact_manifest(artifact)
+    artifacts.check_unchanged(artifact, manifest, Digests())
     _check_backend(options.backend, artifact)
     variant = get_variant(manifest.variant)
     rows = rows_for(manifest, variant, options.reduce)
@@ -78,19 +79,6 @@ def embed(source: str, artifact: Path, out: Path, options: EmbedOptions = EmbedO
                  "dims": list(rows.shape), "dtype": options.dtype, "engine": options.engine, "batch": batch}
         written = finish(out, key, facts, len(shards))
     return EmbedResult(out, written, len(finished), len(pending))
-
-
-def _artifact_manifest(artifact: Path) -> GraphManifest:
-    manifest = read_manifest(artifact) if artifact.is_file() else None
-    if not isinstance(manifest, GraphManifest):
-        what = "not found" if not artifact.exists() else "has no manifest beside it"
-        raise UsageError(f"artifact {artifact} {what}; embed runs artifacts made by pe-export onnx, quantize, trt "
-                         "or openvino")
-    check_artifact(artifact, get_variant(manifest.variant))
-    if not artifacts.files_match(artifact, manifest, Digests()):
-        raise UsageError(f"{artifact} no longer matches its manifest (changed or incomplete since it was made); "
-                         "make it again with pe-export")
-    return manifest
 
 
 def _check_backend(name: str | None, artifact: Path) -> None:

@@ -27,11 +27,10 @@ from pe_export import artifacts
 from pe_export.artifacts import Digests
 from pe_export.errors import UsageError
 from pe_export.manifests import (EngineManifest, GraphManifest, RepositoryManifest, TensorInfo, Upstream,
-                                 manifest_path, read_manifest, seal, write_manifest)
+                                 manifest_path, seal, write_manifest)
 from pe_export.runners import ENGINE_SUFFIXES
 from pe_export.serving import InstanceKind
-from pe_export.validate import check_artifact
-from pe_export.variants import get_variant
+from pe_export.validate import artifact_manifest
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "FLOAT": "TYPE_FP32", "float16": "TYPE_FP16", "HALF": "TYPE_FP16",
                 "bfloat16": "TYPE_BF16", "BF16": "TYPE_BF16"}
@@ -77,10 +76,8 @@ def model_repository(artifact: Path, repository: Path, options: ServingOptions =
     Its manifest, `config.pbtxt.json` in the model folder, records both."""
     artifact = Path(artifact)
     digests = digests or Digests()
-    manifest = served_manifest(artifact)
-    if not artifacts.files_match(artifact, manifest, digests):
-        raise UsageError(f"{artifact} no longer matches its manifest (changed or incomplete since it was made); "
-                         "make it again with pe-export")
+    manifest = artifact_manifest(artifact)
+    artifacts.check_unchanged(artifact, manifest, digests)
     engine = artifact.suffix in ENGINE_SUFFIXES
     name = model_name(manifest, options, engine)
     text = config_text(name, manifest, options, engine, artifact.name)
@@ -163,15 +160,6 @@ def image_model_configs(name: str, manifest: GraphManifest, options: ServingOpti
         *(f'output [{{ name: "{o.name}" data_type: {_triton_type(o)} dims: [{one(o.shape)}] }}]' for o in outputs),
         f"ensemble_scheduling {{ step [ {', '.join(steps)} ] }}"]) + "\n"
     return {preprocess: preprocess_config, ensemble: ensemble_config}
-
-
-def served_manifest(artifact: Path, variant: str | None = None) -> GraphManifest:
-    """The manifest of an artifact that can be served, checked (for `variant` when one is named)."""
-    manifest = read_manifest(artifact) if artifact.is_file() else None
-    if not isinstance(manifest, GraphManifest):
-        raise UsageError(f"{artifact} has no manifest beside it; make artifacts with pe-export onnx, quantize or trt")
-    check_artifact(artifact, get_variant(variant or manifest.variant))
-    return manifest
 
 
 def model_name(manifest: GraphManifest, options: ServingOptions, engine: bool) -> str:

@@ -40,8 +40,8 @@ import pe_export
 from pe_export.errors import ToolFailed, Unavailable, UsageError
 from pe_export.processes import die_with_parent
 from pe_export.runners import ENGINE_SUFFIXES
-from pe_export.serving.repository import (ServingOptions, config_text, image_model_configs, model_name, served_manifest,
-                                          write_image_models)
+from pe_export.serving.repository import ServingOptions, config_text, image_model_configs, model_name, write_image_models
+from pe_export.validate import artifact_manifest
 
 TRITONSERVER_ENV = "TRITONSERVER"
 GET_TRITON = ("pip install --no-deps nvidia-pytriton==0.7.0 (its bundled server; --no-deps since its numpy<2 pin "
@@ -172,7 +172,7 @@ def running_server(artifact: Path, options: ServingOptions = ServingOptions(inst
                    tritonserver: Optional[Path] = None) -> Iterator[Server]:
     """Serve the artifact until the block ends; the server is ready (model loaded) when it is entered."""
     artifact = Path(artifact).resolve()
-    manifest = served_manifest(artifact, variant)
+    manifest = artifact_manifest(artifact, variant)
     engine = artifact.suffix in ENGINE_SUFFIXES
     name = model_name(manifest, options, engine)
     image_models = image_model_configs(name, manifest, options, engine) if options.images else {}
