@@ -23,6 +23,7 @@ RANKS = {
     "onnx": 6,
     "precision": 7,
     "trt": 8, "openvino": 8,  # two runtimes' artifacts from the precision ONNX, side by side
+    "edge": 8,  # on-device programs from the weights, beside them
     "serving": 9, "embed": 9,  # two consumers of any artifact, side by side
     "pipeline": 10,  # one command's chain over the stages, and the commands that ask it for an artifact
     "bench": 11,
