@@ -156,6 +156,22 @@ class IRManifest(GraphManifest):
     peak_rss_mb: float
 
 
+class ProgramManifest(GraphManifest):
+    """An on-device program (an ExecuTorch .pte): what its delegate took, and whether its parity was proven
+    on its runtime here (a Core ML program cannot run on Linux: converted only, parity not claimed)."""
+
+    kind: Literal["executorch-program"] = "executorch-program"
+    delegate: str
+    runs_here: bool
+    delegation: dict[str, Any]
+    device: str
+    weights: Weights
+    profile: ProfileRef
+    parity: dict[str, Any]
+    seconds: float
+    peak_rss_mb: float
+
+
 class RepositoryManifest(Manifest):
     """A Triton model folder: its config and the served artifact's files."""
 
@@ -165,7 +181,7 @@ class RepositoryManifest(Manifest):
 
 
 AnyManifest = Annotated[
-    Union[ExportManifest, PrecisionManifest, EngineManifest, IRManifest, RepositoryManifest], Field(discriminator="kind")]
+    Union[ExportManifest, PrecisionManifest, EngineManifest, IRManifest, ProgramManifest, RepositoryManifest], Field(discriminator="kind")]
 _ANY = TypeAdapter(AnyManifest)
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import logging
+import os
+import sys
 import warnings
 from collections.abc import Iterator
 
@@ -26,3 +29,21 @@ def quiet(*loggers: str) -> Iterator[None]:
             logging.disable(previous)
             for name, level in saved.items():
                 logging.getLogger(name).setLevel(level)
+
+
+@contextlib.contextmanager
+def native_quiet() -> Iterator[None]:
+    """Swallow what native libraries write straight to the process's stderr (file descriptor 2) for the
+    block: log lines of C++ runtimes that bypass Python. Python's own errors still reach the caller."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                yield
+            finally:
+                ctypes.CDLL(None).fflush(None)  # C stdio may hold their lines still: out while 2 is muted
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -1,4 +1,5 @@
-"""One small interface over the runtimes that execute PE: torch, onnxruntime, OpenVINO and TensorRT.
+"""One small interface over the runtimes that execute PE: torch, onnxruntime, OpenVINO, TensorRT and
+ExecuTorch.
 
 A runner is opened on one model or artifact by `open_runner`, runs batches (numpy in, numpy out),
 reports its device and library versions, and is closed (also as a context manager). Parity and
@@ -20,11 +21,12 @@ if TYPE_CHECKING:
     import torch
 
 ENGINE_SUFFIXES = (".engine", ".plan")
-ARTIFACT_SUFFIXES = (".onnx", ".xml", *ENGINE_SUFFIXES)
-Runtime = Literal["torch", "onnxruntime", "openvino", "tensorrt"]
+ARTIFACT_SUFFIXES = (".onnx", ".xml", *ENGINE_SUFFIXES, ".pte")
+Runtime = Literal["torch", "onnxruntime", "openvino", "tensorrt", "executorch"]
 # The artifact files each runtime runs.
 OPENS: dict[Runtime, tuple[str, ...]] = {
     "torch": (), "onnxruntime": (".onnx",), "openvino": (".onnx", ".xml"), "tensorrt": ENGINE_SUFFIXES,
+    "executorch": (".pte",),
 }
 
 
@@ -32,7 +34,7 @@ OPENS: dict[Runtime, tuple[str, ...]] = {
 class Backend:
     name: str
     runtime: Runtime
-    provider: Optional[str]  # the onnxruntime provider, or "compile" for torch.compile
+    provider: Optional[str]  # the onnxruntime provider, "compile" for torch.compile, or ExecuTorch's delegate
     gpu: bool  # runs on a GPU only
 
     def runs(self, precision: str) -> bool:
@@ -44,6 +46,10 @@ class Backend:
             from pe_export.runners import openvino
 
             return openvino.runs(precision)
+        if self.runtime == "executorch":
+            from pe_export.runners.executorch import PRECISIONS as EXECUTORCH_PRECISIONS
+
+            return precision in EXECUTORCH_PRECISIONS
         return self.gpu or spec.runs_on_ort_cpu
 
     def opens(self, path: Path) -> bool:
@@ -56,6 +62,10 @@ class Backend:
             from pe_export.runners.openvino import require_openvino
 
             require_openvino()
+        if self.runtime == "executorch":
+            from pe_export.runners.executorch import require_executorch
+
+            require_executorch()
 
 
 BACKENDS: dict[str, Backend] = {
@@ -68,6 +78,7 @@ BACKENDS: dict[str, Backend] = {
         Backend("onnxruntime-trt", "onnxruntime", "tensorrt", True),
         Backend("openvino", "openvino", "cpu", False),
         Backend("tensorrt", "tensorrt", None, True),
+        Backend("executorch", "executorch", "xnnpack", False),
     )
 }
 
@@ -81,7 +92,7 @@ def get_backends(names: list[str]) -> list[Backend]:
 
 def default_backend(path: Path) -> Backend:
     """The backend an artifact runs on unless one is named, by file type: the first in BACKENDS that opens it
-    (.onnx: onnxruntime CPU, .xml: OpenVINO, .engine/.plan: TensorRT)."""
+    (.onnx: onnxruntime CPU, .xml: OpenVINO, .engine/.plan: TensorRT, .pte: ExecuTorch)."""
     found = next((b for b in BACKENDS.values() if b.opens(path)), None)
     if found is None:
         raise UsageError(f"unknown artifact type {path.suffix!r} ({path}); expected {', '.join(ARTIFACT_SUFFIXES)}")
@@ -124,6 +135,10 @@ def open_runner(
         from pe_export.runners.openvino import OvRunner
 
         return OvRunner(path, precision, threads)
+    if chosen.runtime == "executorch":
+        from pe_export.runners.executorch import ExecutorchRunner
+
+        return ExecutorchRunner(path, precision, threads)
     from pe_export.runners.tensorrt import TrtRunner
 
     return TrtRunner(path, precision, cuda_graph=cuda_graph)
