@@ -32,6 +32,7 @@ _API = {
     "sensitivity_variant": "pe_export.pipeline.commands",
     "trt_variant": "pe_export.pipeline.commands",
     "openvino_variant": "pe_export.pipeline.commands",
+    "executorch_variant": "pe_export.pipeline.commands",
     "Plan": "pe_export.pipeline",
     "open_runner": "pe_export.runners",
     "parity_variant": "pe_export.bench.parity",
@@ -59,7 +60,8 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__
     from pe_export.onnx.export import export_variant
     from pe_export.onnx.spec import ExportOptions
     from pe_export.pipeline import Plan
-    from pe_export.pipeline.commands import openvino_variant, quantize_variant, sensitivity_variant, trt_variant
+    from pe_export.pipeline.commands import (executorch_variant, openvino_variant, quantize_variant,
+                                            sensitivity_variant, trt_variant)
     from pe_export.runners import open_runner
     from pe_export.serving.loadtest import LoadSettings, run_loadtest
     from pe_export.serving.repository import ServingOptions, model_repository

@@ -7,7 +7,7 @@ Where to look:
 - output.py: the console and the printing several commands share (tables, steps, reports)
 - listing.py: variants, info, profiles
 - export.py: onnx, check, quantize, sensitivity
-- build.py: trt, openvino
+- build.py: trt, openvino, executorch
 - serving.py: triton, serve, loadtest
 - measure.py: parity, bench
 - inputs.py: preprocess
@@ -34,6 +34,7 @@ COMMANDS = {
     "sensitivity": export.sensitivity,
     "trt": build.trt,
     "openvino": build.openvino_ir,
+    "executorch": build.executorch,
     "triton": serving.triton,
     "serve": serving.serve,
     "loadtest": serving.loadtest,

@@ -1,4 +1,5 @@
-"""Runtime artifacts from the ONNX: `trt` (a TensorRT engine) and `openvino` (an OpenVINO IR)."""
+"""Runtime artifacts: `trt` (a TensorRT engine) and `openvino` (an OpenVINO IR) from the ONNX, and `executorch`
+(an on-device program) from the weights."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pe_export.cli.options import Choice, batch_sizes, flag, model_command
 from pe_export.cli.output import console, stages
 from pe_export.errors import UsageError
 from pe_export.precision.profiles import HardwareCompat
+from pe_export.edge.spec import DELEGATES, EXECUTORCH_PRECISIONS
 from pe_export.runners.openvino import INFERENCE_PRECISION
 
 if TYPE_CHECKING:
@@ -18,6 +20,8 @@ if TYPE_CHECKING:
 
 HARDWARE_COMPAT = Choice("hardware compatibility", tuple(get_args(HardwareCompat)))
 OPENVINO_PRECISION = Choice("precision", tuple(INFERENCE_PRECISION))
+EXECUTORCH_PRECISION = Choice("precision", EXECUTORCH_PRECISIONS)
+DELEGATE = Choice("delegate", DELEGATES)
 
 
 def _profile_range(value: str) -> dict:
@@ -112,3 +116,37 @@ def openvino_ir(
                   f"{m.seconds} s, peak RSS {m.peak_rss_mb / 1024:.2f} GiB)")
     console.print(f"parity vs torch fp32 (OpenVINO CPU): token cosine mean {row.cosine_mean:.5f} "
                   f"(min {row.cosine_min:.5f}), max abs {row.max_abs:.3g}, threshold {row.threshold}")
+
+
+@model_command
+def executorch(
+    source: ModelSource,
+    precision: Annotated[str, EXECUTORCH_PRECISION.option(help="fp32, or fp16 as XNNPACK computes it (GELU in its tanh form).")] = "fp32",
+    delegate: Annotated[str, DELEGATE.option(help="xnnpack (every ARM and x86 CPU: phones, Apple silicon, Raspberry Pi) or coreml (Apple; converted only here, it cannot run on Linux).")] = "xnnpack",
+    profile: Annotated[Optional[str], typer.Option(help="Profile name or YAML file: the output head (as its ONNX export has it) and parity thresholds. Default: the CPU profile.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output-path", "-o", help="The .pte to write. Default: `artifacts/<variant>/<variant>[.<tags>].<precision>.pte`")] = None,
+) -> None:
+    """Write an ExecuTorch program (.pte) for phones and ARM boards, proven on ExecuTorch's own runtime
+    against torch fp32 before it is written.
+
+    The tower is exported in an export-friendly form (the same function at fp32) so that the whole graph
+    runs in one XNNPACK delegate; the manifest records what the delegate took. The program's batch is
+    fixed (the profile's static batch, else 1). Without the executorch extra: exit code 3, nothing written.
+
+    Example: pe-export executorch -v PE-Core-T16-384 --checkpoint core-t16.pt --precision fp16
+    """
+    from pe_export.pipeline.commands import executorch_variant
+
+    with stages("checking the request") as progress:
+        result = executorch_variant(source, precision, delegate=delegate, profile=profile, output=output,
+                                    progress=progress)
+    m, row = result.manifest, result.parity
+    outside = sum(m.delegation["outside"].values())
+    console.print(f"[green]{'reused' if result.reused else 'wrote'}[/] {result.path} ({m.precision}, {m.delegate}: "
+                  f"{m.delegation['partitions']} partition(s), {outside} op(s) outside, {m.file_bytes() / 2**20:.1f} MiB, "
+                  f"ExecuTorch {m.versions['executorch']}, {m.seconds} s, peak RSS {m.peak_rss_mb / 1024:.2f} GiB)")
+    if row.passed is None:
+        console.print(f"[yellow]parity not proven[/]: {row.note}")
+    else:
+        console.print(f"parity vs torch fp32 (ExecuTorch runtime, CPU): token cosine mean {row.cosine_mean:.6f} "
+                      f"(min {row.cosine_min:.6f}), max abs {row.max_abs:.3g}, threshold {row.threshold}")

@@ -26,7 +26,7 @@ COMPARE = Choice("comparison", tuple(get_args(CompareMode)))
 @model_command
 def parity(
     source: ModelSource,
-    artifacts: Annotated[Optional[list[Path]], typer.Argument(help="ONNX files, OpenVINO IR (.xml) or engines. Default: every artifact with a manifest under `artifacts/<variant>/`.")] = None,
+    artifacts: Annotated[Optional[list[Path]], typer.Argument(help="ONNX files, OpenVINO IR (.xml), engines or ExecuTorch programs (.pte). Default: every artifact with a manifest under `artifacts/<variant>/`.")] = None,
     backends: Annotated[Optional[str], typer.Option(help=f"Comma list of {', '.join(BACKENDS)}: run each artifact on each of them that opens its file type. Default: the backend of its file type.")] = None,
     images: Annotated[Optional[Path], typer.Option(help="A folder of images (adds top-1 retrieval agreement).")] = None,
     synthetic: Annotated[int, typer.Option(help="Seeded synthetic inputs when no --images.", min=1)] = 8,

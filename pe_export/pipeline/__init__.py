@@ -1,5 +1,5 @@
-"""One command's plan: the chain fp32 ONNX -> precision ONNX -> TensorRT engine / OpenVINO IR, each step
-made or reused once and handed to the next.
+"""One command's plan: the chain fp32 ONNX -> precision ONNX -> TensorRT engine / OpenVINO IR, and the
+on-device programs lowered from the weights beside it, each step made or reused once and handed to the next.
 
 A step is reused when its manifest's key matches: the key holds the upstream step's identity (a digest
 over the upstream's key and all of its files), so new weights anywhere upstream reach every artifact
@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Union
 
 from pe_export import artifacts
 from pe_export.artifacts import Digests
-from pe_export.manifests import ExportManifest, IRManifest, PrecisionManifest
+from pe_export.edge.spec import ProgramRequest
+from pe_export.manifests import ExportManifest, IRManifest, PrecisionManifest, ProgramManifest
 from pe_export.onnx.spec import ExportResult, default_output_path, export_key, resolve
 from pe_export.openvino.ir import Reference, ir_key, ir_path, make_ir, source_precision, torch_reference
 from pe_export.precision.profiles import Profile
@@ -206,6 +207,30 @@ class Plan:
     def ir_path(self, precision: str) -> Path:
         """Where the IR of a precision goes by default: beside the profile's fp32 ONNX."""
         return ir_path(self._fp32_path(), precision)
+
+    def program(self, precision: str, delegate: str = "xnnpack", output: Path | None = None) -> PrecisionResult:
+        """The ExecuTorch program of the profile's output head in a precision, for a delegate."""
+        return self._once(("program", precision, delegate, output), lambda: self.reused_program(
+            precision, delegate, output) or self._make_program(precision, delegate, output))
+
+    def reused_program(self, precision: str, delegate: str = "xnnpack",
+                       output: Path | None = None) -> PrecisionResult | None:
+        request = self.program_request(precision, delegate)
+        path = Path(output) if output else request.path(self.variant, self.root)
+        key = request.key(self.variant, self.weight_source(), self.profile.threshold(precision))
+        manifest = artifacts.reuse(path, key, self.digests, self.progress)
+        return PrecisionResult.recorded(path, manifest) if isinstance(manifest, ProgramManifest) else None
+
+    def _make_program(self, precision: str, delegate: str, output: Path | None) -> PrecisionResult:
+        from pe_export.edge.executorch import export_executorch
+
+        request = self.program_request(precision, delegate)
+        path = Path(output) if output else request.path(self.variant, self.root)
+        return export_executorch(self.weights(), request, self.profile, path, self.progress, self.digests)
+
+    def program_request(self, precision: str, delegate: str) -> ProgramRequest:
+        """A program of the output head this profile's ONNX export carries."""
+        return ProgramRequest(resolve(export_options(self.profile), self.variant), precision, delegate)
 
     def _fp32_path(self) -> Path:
         return default_output_path(self.variant, resolve(export_options(self.profile), self.variant), self.root)

@@ -1,5 +1,5 @@
 """What the chain's commands do, each as one call: check the request before any work, then ask one
-plan for the artifact (`pe-export quantize`, `sensitivity`, `trt`, `openvino`)."""
+plan for the artifact (`pe-export quantize`, `sensitivity`, `trt`, `openvino`, `executorch`)."""
 
 from __future__ import annotations
 
@@ -158,6 +158,30 @@ def openvino_variant(
         torch_peak = run_worker(TORCH_WORKER, job, work, "the torch reference", progress)
         reference = Reference.load(work)
     return plan.make_ir(reference, precision, destination, earlier_peak_mb=held + torch_peak)
+
+
+def executorch_variant(
+    source: ModelSource,
+    precision: str = "fp32",
+    *,
+    delegate: str = "xnnpack",
+    profile: str | Path | None = None,
+    output: Path | None = None,
+    progress: Progress = lambda step: None,
+) -> PrecisionResult:
+    """Check ExecuTorch and the request first (nothing is written without them), then reuse the program
+    when its key matches, else lower the export-friendly tower and prove it on ExecuTorch's runtime. The
+    output head is the one the profile's ONNX export carries (default profile: the CPU one)."""
+    from pe_export.edge.spec import check_request
+    from pe_export.runners.executorch import require_executorch
+
+    require_executorch()
+    check_request(precision, delegate)
+    variant = get_variant(source.variant)
+    chosen = resolve_profile(profile, variant) if profile else cpu_profile(variant.name)
+    if output:
+        artifacts.prepare_destination(Path(output))
+    return Plan(source, chosen, progress).program(precision, delegate, Path(output) if output else None)
 
 
 def _weights_digest(source: ModelSource, progress: Progress) -> Digests:
