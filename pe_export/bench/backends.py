@@ -22,7 +22,7 @@ RunnerOpener = Callable[[str, str], Runner]
 def runner_opener(loaded: LoadedModel, settings: BenchSettings,
                   progress: Callable[[str], None] = lambda step: None) -> RunnerOpener:
     """Runners over the artifacts of two plans that share one set of digests: the CPU runtimes' (the
-    onnxruntime export, which OpenVINO's IR is converted from) and TensorRT's (the bench's profile, the
+    onnxruntime export, which OpenVINO's IR is converted from, and the ExecuTorch programs) and TensorRT's (the bench's profile, the
     variant's default without one, its batch range widened to the benchmarked batches: the engine
     `pe-export trt --profile` and `pe-export parity` use for that profile)."""
     cpu = Plan.of(loaded, cpu_profile(loaded.variant.name), progress)
@@ -37,6 +37,8 @@ def runner_opener(loaded: LoadedModel, settings: BenchSettings,
             return open_runner(cpu.precision(precision).path, backend=backend, threads=settings.threads)
         if runtime == "openvino":
             return open_runner(cpu.ir(precision).path, backend=backend, threads=settings.threads)
+        if runtime == "executorch":
+            return open_runner(cpu.program(precision).path, backend=backend, threads=settings.threads)
         return open_runner(engine_artifact(gpu, precision, settings.batches), backend=backend,
                            cuda_graph=settings.cuda_graph)
 
