@@ -12,6 +12,11 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# pytest-xdist's workers start with COLUMNS=80, which the CLI's console would keep from its import on;
+# the CLI tests set the width they read
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for name in ("COLUMNS", "LINES"):
+        os.environ.pop(name, None)
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,8 @@ def _offline_hub():
 
 @pytest.fixture(scope="session", autouse=True)
 def _threads():
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    # two cores: one thread per pytest-xdist worker, else two
+    torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 
 @pytest.fixture
