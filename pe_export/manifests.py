@@ -164,6 +164,7 @@ class ProgramManifest(GraphManifest):
     delegate: str
     runs_here: bool
     delegation: dict[str, Any]
+    calibration: Optional[dict[str, Any]] = None  # int8: the images its activation ranges were observed on
     device: str
     weights: Weights
     profile: ProfileRef

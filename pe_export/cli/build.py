@@ -121,9 +121,11 @@ def openvino_ir(
 @model_command
 def executorch(
     source: ModelSource,
-    precision: Annotated[str, EXECUTORCH_PRECISION.option(help="fp32, or fp16 as XNNPACK computes it (GELU in its tanh form).")] = "fp32",
+    precision: Annotated[str, EXECUTORCH_PRECISION.option(help="fp32; fp16 as XNNPACK computes it (GELU in its tanh form); int8 (XNNPACK's int8 kernels, calibrated).")] = "fp32",
     delegate: Annotated[str, DELEGATE.option(help="xnnpack (every ARM and x86 CPU: phones, Apple silicon, Raspberry Pi) or coreml (Apple; converted only here, it cannot run on Linux).")] = "xnnpack",
-    profile: Annotated[Optional[str], typer.Option(help="Profile name or YAML file: the output head (as its ONNX export has it) and parity thresholds. Default: the CPU profile.")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="Profile name or YAML file: the output head (as its ONNX export has it), calibration and parity thresholds. Default: the CPU profile.")] = None,
+    calib: Annotated[Optional[str], typer.Option(help="Calibration images for int8 (folder, glob or 'synthetic'). Overrides the profile.")] = None,
+    samples: Annotated[Optional[int], typer.Option(help="Calibration sample count. Overrides the profile.", min=1)] = None,
     output: Annotated[Optional[Path], typer.Option("--output-path", "-o", help="The .pte to write. Default: `artifacts/<variant>/<variant>[.<tags>].<precision>.pte`")] = None,
 ) -> None:
     """Write an ExecuTorch program (.pte) for phones and ARM boards, proven on ExecuTorch's own runtime
@@ -133,13 +135,13 @@ def executorch(
     runs in one XNNPACK delegate; the manifest records what the delegate took. The program's batch is
     fixed (the profile's static batch, else 1). Without the executorch extra: exit code 3, nothing written.
 
-    Example: pe-export executorch -v PE-Core-T16-384 --checkpoint core-t16.pt --precision fp16
+    Example: pe-export executorch -v PE-Core-T16-384 --checkpoint core-t16.pt --precision int8 --calib photos/
     """
     from pe_export.pipeline.commands import executorch_variant
 
     with stages("checking the request") as progress:
-        result = executorch_variant(source, precision, delegate=delegate, profile=profile, output=output,
-                                    progress=progress)
+        result = executorch_variant(source, precision, delegate=delegate, profile=profile, calib=calib,
+                                    samples=samples, output=output, progress=progress)
     m, row = result.manifest, result.parity
     outside = sum(m.delegation["outside"].values())
     console.print(f"[green]{'reused' if result.reused else 'wrote'}[/] {result.path} ({m.precision}, {m.delegate}: "

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,7 +24,9 @@ from pe_export.manifests import ProfileRef, ProgramManifest, Weights, manifest_p
 from pe_export.model import LoadedModel
 from pe_export.model.edge import EdgeHead
 from pe_export.model.head import OutputHead
+from pe_export.precision.calibration import CalibrationSet
 from pe_export.precision.profiles import Profile
+from pe_export.precision.spec import calibration_key
 from pe_export.quiet import quiet
 from pe_export.report import ParityRow, PrecisionResult
 from pe_export.runners.device import cpu_name
@@ -81,12 +84,18 @@ def lowerable(loaded: LoadedModel, request: ProgramRequest) -> tuple[OutputHead,
     return head, edge
 
 
-def lower(module: nn.Module, example: torch.Tensor, request: ProgramRequest):
-    """`torch.export`, then ExecuTorch's edge dialect with the delegate's partitions lowered to it."""
+def lower(module: nn.Module, example: torch.Tensor, request: ProgramRequest, calibration: np.ndarray | None = None):
+    """`torch.export` (int8: quantized on the calibration images), then ExecuTorch's edge dialect with
+    the delegate's partitions lowered to it."""
     from executorch.exir import to_edge_transform_and_lower
 
-    with torch.no_grad():
-        program = torch.export.export(module, (example,))
+    if request.calibrated:
+        from pe_export.edge.quantize import quantized_program
+
+        program = quantized_program(module, example, calibration)
+    else:
+        with torch.no_grad():
+            program = torch.export.export(module, (example,))
     return to_edge_transform_and_lower(program, partitioner=[_partitioner(request)])
 
 
@@ -116,10 +125,11 @@ def delegation(lowered) -> dict:
 
 
 def export_executorch(loaded: LoadedModel, request: ProgramRequest, profile: Profile, path: Path,
-                      progress: Progress = lambda step: None, digests: Digests | None = None) -> PrecisionResult:
+                      progress: Progress = lambda step: None, digests: Digests | None = None,
+                      calibration: CalibrationSet | None = None) -> PrecisionResult:
     """Lower, write and prove the program at `path` with its manifest; nothing appears at `path` unless
     it runs on ExecuTorch's runtime within the profile's threshold (a Core ML program, which cannot run
-    here, is written converted only and says so)."""
+    here, is written converted only and says so). An int8 program is calibrated on `calibration`."""
     from pe_export.precision.quantize import PARITY_SAMPLES
 
     start = time.perf_counter()
@@ -133,10 +143,12 @@ def export_executorch(loaded: LoadedModel, request: ProgramRequest, profile: Pro
     threshold = profile.threshold(request.precision)
     with artifacts.staging(path) as scratch:
         staged = scratch / path.name
-        progress(f"exporting {variant.name} ({request.precision}) and lowering to {request.delegate}")
+        progress(f"exporting {variant.name} ({request.precision}"
+                 f"{f', calibrating on {len(calibration.batch)} images' if request.calibrated else ''}) "
+                 f"and lowering to {request.delegate}")
         example = torch.from_numpy(seeded_batch(variant, request.batch, EXPORT_SEED))
         with quiet("executorch", "torch.export", "torchao"):
-            lowered = lower(module, example, request)
+            lowered = lower(module, example, request, calibration.batch if request.calibrated else None)
             taken = delegation(lowered)
             program = lowered.to_executorch()
         del module, lowered
@@ -155,12 +167,14 @@ def export_executorch(loaded: LoadedModel, request: ProgramRequest, profile: Pro
             "variant": variant.name, "precision": request.precision, "weights": Weights(**loaded.source.as_dict()),
             "options": request.options(), **_tensors(variant, request, reference.shape[1:]),
             "delegate": request.delegate, "runs_here": request.runs_here, "delegation": taken,
+            "calibration": calibration.describe() if request.calibrated else None,
             "device": cpu_name(), "profile": ProfileRef(name=profile.name, path=str(profile.path) if profile.path else None),
             "parity": {**row.model_dump(), "inputs": PARITY_INPUTS}, "seconds": round(time.perf_counter() - start, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "versions": versions(LIBRARIES),
         }
-        key = request.key(variant, loaded.source, threshold)
+        key = request.key(variant, loaded.source, threshold,
+                          calibration_key(profile, digests) if request.calibrated else None)
         manifest = ProgramManifest(**seal(fields, key, digests.files([staged])))
         manifest_file = scratch / manifest_path(path).name
         write_manifest(manifest_file, manifest)

@@ -21,7 +21,11 @@ DELEGATES: tuple[str, ...] = get_args(Delegate)
 # XNNPACK runs on every ARM and x86 CPU, so its programs are proven here; Core ML runs on Apple devices only
 RUNS_HERE: dict[str, bool] = {"xnnpack": True, "coreml": False}
 KIND = "executorch-program"
-LOWERED_BY = ("torch", "executorch")  # a new release of either may lower differently: part of the key
+LOWERED_BY = ("torch", "executorch", "torchao")  # a new release of any may lower differently: part of the key
+CALIBRATED = ("int8",)
+# XNNPACK's int8 kernels: weights symmetric per output channel, activations per tensor with static scales
+INT8_SCHEME = {"method": "pt2e", "quantizer": "xnnpack", "weights": "int8 symmetric per channel",
+               "activations": "int8 per tensor, static"}
 
 
 @dataclass(frozen=True)
@@ -56,12 +60,17 @@ class ProgramRequest:
                 self.delegate if self.delegate != "xnnpack" else ""]
         return root / variant.name / ".".join([variant.name, *filter(None, tags), "pte"])
 
-    def key(self, variant: Variant, weights: WeightSource, threshold: float) -> dict:
+    @property
+    def calibrated(self) -> bool:
+        return self.precision in CALIBRATED
+
+    def key(self, variant: Variant, weights: WeightSource, threshold: float, calibration: dict | None = None) -> dict:
         """Everything a program depends on: the weights, the output options, precision, delegate, parity
-        threshold and the libraries that lower it."""
+        threshold, the libraries that lower it and, for int8, its calibration and quantization scheme."""
         return {"kind": KIND, "variant": variant.name, "weights": {"sha256": weights.sha256, "seed": weights.seed},
                 "options": self.options(), "precision": self.precision, "delegate": self.delegate,
-                "threshold": threshold, "versions": versions(LOWERED_BY)}
+                "threshold": threshold, "versions": versions(LOWERED_BY),
+                **({"calibration": calibration, "quantization": INT8_SCHEME} if self.calibrated else {})}
 
 
 def check_request(precision: str, delegate: str) -> None:
@@ -70,3 +79,5 @@ def check_request(precision: str, delegate: str) -> None:
         raise UsageError(f"ExecuTorch programs are made in {', '.join(EXECUTORCH_PRECISIONS)}, not {precision}")
     if delegate not in DELEGATES:
         raise UsageError(f"unknown delegate {delegate!r}; choose one of {', '.join(DELEGATES)}")
+    if precision in CALIBRATED and delegate != "xnnpack":
+        raise UsageError(f"{precision} programs are made for XNNPACK; Core ML takes fp32 or fp16 (--delegate xnnpack)")

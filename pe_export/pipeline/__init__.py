@@ -22,7 +22,7 @@ from pe_export.manifests import ExportManifest, IRManifest, PrecisionManifest, P
 from pe_export.onnx.spec import ExportResult, default_output_path, export_key, resolve
 from pe_export.openvino.ir import Reference, ir_key, ir_path, make_ir, source_precision, torch_reference
 from pe_export.precision.profiles import Profile
-from pe_export.precision.spec import export_options, precision_key, precision_path
+from pe_export.precision.spec import calibration_key, export_options, precision_key, precision_path
 from pe_export.precisions import get_precision
 from pe_export.report import PrecisionResult
 from pe_export.source import ModelSource, WeightSource
@@ -217,7 +217,8 @@ class Plan:
                        output: Path | None = None) -> PrecisionResult | None:
         request = self.program_request(precision, delegate)
         path = Path(output) if output else request.path(self.variant, self.root)
-        key = request.key(self.variant, self.weight_source(), self.profile.threshold(precision))
+        calibration = calibration_key(self.profile, self.digests) if request.calibrated else None
+        key = request.key(self.variant, self.weight_source(), self.profile.threshold(precision), calibration)
         manifest = artifacts.reuse(path, key, self.digests, self.progress)
         return PrecisionResult.recorded(path, manifest) if isinstance(manifest, ProgramManifest) else None
 
@@ -226,7 +227,8 @@ class Plan:
 
         request = self.program_request(precision, delegate)
         path = Path(output) if output else request.path(self.variant, self.root)
-        return export_executorch(self.weights(), request, self.profile, path, self.progress, self.digests)
+        calibration = self.calibration() if request.calibrated else None
+        return export_executorch(self.weights(), request, self.profile, path, self.progress, self.digests, calibration)
 
     def program_request(self, precision: str, delegate: str) -> ProgramRequest:
         """A program of the output head this profile's ONNX export carries."""

@@ -166,19 +166,23 @@ def executorch_variant(
     *,
     delegate: str = "xnnpack",
     profile: str | Path | None = None,
+    calib: str | None = None,
+    samples: int | None = None,
     output: Path | None = None,
     progress: Progress = lambda step: None,
 ) -> PrecisionResult:
     """Check ExecuTorch and the request first (nothing is written without them), then reuse the program
-    when its key matches, else lower the export-friendly tower and prove it on ExecuTorch's runtime. The
-    output head is the one the profile's ONNX export carries (default profile: the CPU one)."""
+    when its key matches, else lower the export-friendly tower (int8: calibrated on the profile's images,
+    or `calib`) and prove it on ExecuTorch's runtime. The output head is the one the profile's ONNX
+    export carries (default profile: the CPU one)."""
     from pe_export.edge.spec import check_request
     from pe_export.runners.executorch import require_executorch
 
     require_executorch()
     check_request(precision, delegate)
     variant = get_variant(source.variant)
-    chosen = resolve_profile(profile, variant) if profile else cpu_profile(variant.name)
+    chosen = (resolve_profile(profile, variant) if profile else cpu_profile(variant.name)).with_calibration(calib, samples)
+    chosen.require_real_calibration(precision, not source.random_init, calib)
     if output:
         artifacts.prepare_destination(Path(output))
     return Plan(source, chosen, progress).program(precision, delegate, Path(output) if output else None)

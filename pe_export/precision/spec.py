@@ -81,9 +81,14 @@ def precision_key(fp32: ExportResult, precision: str, profile: Profile, digests:
     return {
         "precision": precision,
         "source_onnx": fp32.manifest.identity,
-        "calibration": profile.calibration.model_dump() if calibrated else None,
-        "calibration_images": calibration_fingerprint(profile.calibration, digests) if calibrated else None,
+        **(calibration_key(profile, digests) if calibrated else {"calibration": None, "calibration_images": None}),
         "quantization": getattr(profile.quantization, precision).model_dump(),
         "threshold": profile.threshold(precision),
     }
 
+
+
+def calibration_key(profile: Profile, digests: Digests) -> dict:
+    """What a calibrated artifact depends on of its calibration: the profile's settings and its images."""
+    return {"calibration": profile.calibration.model_dump(),
+            "calibration_images": calibration_fingerprint(profile.calibration, digests)}

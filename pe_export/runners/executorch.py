@@ -11,7 +11,7 @@ from pe_export.quiet import native_quiet, quiet
 from pe_export.runners.base import Runner
 from pe_export.versions import versions
 
-PRECISIONS = ("fp32", "fp16")  # what pe-export's programs compute in on ExecuTorch's XNNPACK delegate
+PRECISIONS = ("fp32", "fp16", "int8")  # what pe-export's programs compute in on ExecuTorch's XNNPACK delegate
 
 
 def require_executorch() -> None:
